@@ -1,0 +1,118 @@
+// The snapshot engine's immutable table: one mmap'd file holding every entry (see
+// store/FORMAT.md). Lookups are lock-free; a table stays valid while a shared_ptr to it is
+// held, whatever tables are published after it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "keyfs/store/engine.h"
+#include "keyfs/store/status.h"
+
+namespace keyfs {
+
+// One entry as stored in a table; every view points into the mapped file.
+struct EntryRef {
+  std::string_view key;
+  Meta meta;
+  uint64_t version = 0;
+  std::string_view value;
+};
+
+// Thread-safety: all const methods are safe from any number of threads at once.
+class SnapshotTable {
+ public:
+  // Maps the file at `path` and checks its header, section bounds and the checksum of its
+  // chunk-checksum array; O(file size / 16 KiB) tiny work, no per-entry parsing. Entry
+  // bytes are verified lazily: the first access to each 16 KiB chunk checks its checksum.
+  // NotFound if missing; Corruption("<path>: <what> at offset N") if damaged.
+  static StatusOr<std::shared_ptr<const SnapshotTable>> Open(const std::string& path);
+  // Same, for an open descriptor (the table takes ownership of `fd`).
+  static StatusOr<std::shared_ptr<const SnapshotTable>> OpenFd(int fd, const std::string& path);
+
+  ~SnapshotTable();
+  SnapshotTable(const SnapshotTable&) = delete;
+  SnapshotTable& operator=(const SnapshotTable&) = delete;
+
+  // Point lookup. OK and *out filled if found; NotFound; Corruption if a structure it
+  // touched is damaged.
+  Status Find(std::string_view key, EntryRef* out) const;
+
+  // Number of entries and the entry at sorted position i (0 <= i < entry_count()).
+  uint64_t entry_count() const { return entry_count_; }
+  Status At(uint64_t i, EntryRef* out) const;
+  // The first sorted position whose key is >= key (entry_count() if none).
+  StatusOr<uint64_t> LowerBound(std::string_view key) const;
+
+  // Immediate children of directory `dir` ("" = root) after `start_after`, in order.
+  // Does not check that `dir` exists (the engine does).
+  Status ListChildren(std::string_view dir, std::string_view start_after, const ListFn& fn) const;
+
+  // Checks every chunk checksum and every structure: record bounds, key rules, sorted
+  // order, the hash index and the bloom filter agree with the records, the tree (every
+  // parent is a directory). OK only if all hold.
+  Status VerifyAll(std::vector<std::string>* report) const;
+
+  uint64_t generation() const { return generation_; }
+  int64_t commit_time_ns() const { return commit_time_ns_; }
+  uint64_t file_size() const { return size_; }
+  uint64_t value_bytes() const { return value_bytes_; }
+  uint64_t slot_count() const { return uint64_t{1} << slot_bits_; }
+  uint64_t bloom_bits() const { return bloom_blocks_ * 512; }
+  uint32_t bloom_k() const { return bloom_k_; }
+  const std::string& path() const { return path_; }
+  dev_t dev() const { return dev_; }
+  ino_t ino() const { return ino_; }
+
+ private:
+  SnapshotTable() = default;
+  Status Init(int fd, const std::string& path);
+  // Ensures bytes [off, off+len) are inside the data area and their chunks verified.
+  Status Check(uint64_t off, uint64_t len, const char* what) const;
+  Status VerifyChunk(uint64_t chunk) const;
+  Status DecodeRecord(uint64_t off, EntryRef* out) const;
+  Status Corrupt(const char* what, uint64_t off) const;
+
+  std::string path_;
+  int fd_ = -1;
+  const uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+  uint64_t generation_ = 0;
+  int64_t commit_time_ns_ = 0;
+  uint64_t entry_count_ = 0;
+  uint64_t value_bytes_ = 0;
+  uint64_t records_off_ = 0, records_end_ = 0;
+  uint64_t sorted_off_ = 0;
+  uint64_t slots_off_ = 0;
+  uint32_t slot_bits_ = 0;
+  uint64_t slot_mask_ = 0;
+  uint64_t bloom_off_ = 0, bloom_blocks_ = 0;
+  uint32_t bloom_k_ = 0;
+  uint64_t sums_off_ = 0;  // end of the checksummed data area
+  uint64_t hash_seed_ = 0;
+  uint64_t chunk_count_ = 0;
+  // One bit per chunk: set once its checksum matched. Chunks never change, so relaxed
+  // atomics suffice; two threads verifying one chunk at once is harmless.
+  std::unique_ptr<std::atomic<uint64_t>[]> verified_;
+};
+
+using TableRef = std::shared_ptr<const SnapshotTable>;
+
+// The snapshot engine. Beyond Engine, it hands out the current table for lock-free reads.
+class SnapshotEngine : public Engine {
+ public:
+  // The table being served; stays valid while held. Never null. Lock-free (one atomic
+  // shared_ptr load), never waits for a commit.
+  virtual TableRef Current() const = 0;
+};
+
+}  // namespace keyfs

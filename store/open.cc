@@ -1,0 +1,72 @@
+// Opening, creating, detecting and verifying stores: dispatch on the file's magic.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "format.h"
+#include "keyfs/store/engine.h"
+#include "keyfs/store/snapshot.h"
+#include "snapshot_engine.h"
+
+namespace keyfs {
+
+StatusOr<EngineKind> DetectEngine(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, path);
+  char magic[8] = {};
+  ssize_t n = ::pread(fd, magic, sizeof(magic), 0);
+  int err = errno;
+  ::close(fd);
+  if (n < 0) return Status::FromErrno(err, "read " + path);
+  if (n == 8 && std::memcmp(magic, format::kSnapMagic, 8) == 0) return EngineKind::kSnapshot;
+  return Status::Corruption(path + ": not a keyfs store (unknown magic)");
+}
+
+Status CreateStore(const std::string& path, EngineKind kind, Env* env) {
+  switch (kind) {
+    case EngineKind::kSnapshot:
+      return CreateSnapshotStore(path, env);
+    case EngineKind::kDets:
+      return Status::NotSupported("the dets engine is not available yet");
+  }
+  return Status::InvalidArgument("unknown engine");
+}
+
+StatusOr<std::unique_ptr<Engine>> OpenStore(const std::string& path, const OpenOptions& options) {
+  auto kind = DetectEngine(path);
+  if (!kind.ok() && kind.status().IsNotFound() && options.create) {
+    Status s = CreateStore(path, options.kind, options.env);
+    if (!s.ok() && s.code() != Status::Code::kAlreadyExists) return s;
+    kind = DetectEngine(path);
+  }
+  if (!kind.ok()) return kind.status();
+  if (options.kind_given && *kind != options.kind) {
+    return Status::InvalidArgument(path + " is a " + EngineKindName(*kind) + " store, not " +
+                                   EngineKindName(options.kind));
+  }
+  switch (*kind) {
+    case EngineKind::kSnapshot:
+      return OpenSnapshotEngine(path, options);
+    case EngineKind::kDets:
+      break;
+  }
+  return Status::NotSupported("the dets engine is not available yet");
+}
+
+Status VerifyStore(const std::string& path, std::vector<std::string>* report) {
+  auto kind = DetectEngine(path);
+  if (!kind.ok()) return kind.status();
+  if (*kind != EngineKind::kSnapshot) return Status::NotSupported("dets verify");
+  auto t = SnapshotTable::Open(path);
+  if (!t.ok()) return t.status();
+  if (report) {
+    report->push_back("engine: snapshot, format version " + std::to_string(format::kSnapVersion) +
+                      ", generation " + std::to_string((*t)->generation()));
+    report->push_back("header: ok, " + std::to_string((*t)->file_size()) + " bytes");
+  }
+  return (*t)->VerifyAll(report);
+}
+
+}  // namespace keyfs

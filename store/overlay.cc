@@ -1,0 +1,321 @@
+// Overlay: tree semantics of a batch applied on top of a base table.
+#include "overlay.h"
+
+namespace keyfs {
+
+namespace {
+
+std::string ChildPrefix(std::string_view dir) {
+  std::string p(dir);
+  if (!p.empty()) p += '/';
+  return p;
+}
+
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// True if `key` lies strictly below `dir` ("a/b" below "a").
+bool IsBelow(std::string_view key, std::string_view dir) {
+  return key.size() > dir.size() && key[dir.size()] == '/' && StartsWith(key, dir);
+}
+
+std::string Quote(std::string_view key) { return "'" + std::string(key) + "'"; }
+
+}  // namespace
+
+Overlay::Overlay(const SnapshotTable* base, uint64_t generation, int64_t now_ns)
+    : base_(base), generation_(generation), now_ns_(now_ns) {}
+
+Status Overlay::Lookup(std::string_view key, Value* out) const {
+  if (key.empty()) {
+    *out = Value{Meta::Dir(), 0, {}};
+    return Status::OK();
+  }
+  auto it = changes_.find(key);
+  if (it != changes_.end()) {
+    if (!it->second) return Status::NotFound();
+    *out = *it->second;
+    return Status::OK();
+  }
+  EntryRef e;
+  KEYFS_RETURN_IF_ERROR(base_->Find(key, &e));
+  *out = Value{e.meta, e.version, e.value};
+  return Status::OK();
+}
+
+void Overlay::Set(std::string_view key, Slot slot) {
+  auto it = changes_.find(key);
+  if (logging_) {
+    if (undo_keys_.emplace(key).second) {
+      undo_.emplace_back(std::string(key),
+                         it == changes_.end() ? std::nullopt : std::optional<Slot>(it->second));
+    }
+  }
+  if (it == changes_.end()) {
+    changes_.emplace(std::string(key), std::move(slot));
+  } else {
+    it->second = std::move(slot);
+  }
+}
+
+StatusOr<bool> Overlay::HasChildren(std::string_view dir) const {
+  const std::string prefix = ChildPrefix(dir);
+  for (auto it = changes_.lower_bound(prefix);
+       it != changes_.end() && StartsWith(it->first, prefix); ++it) {
+    if (it->second) return true;
+  }
+  auto pos = base_->LowerBound(prefix);
+  if (!pos.ok()) return pos.status();
+  EntryRef e;
+  for (uint64_t i = *pos; i < base_->entry_count(); ++i) {
+    KEYFS_RETURN_IF_ERROR(base_->At(i, &e));
+    if (!StartsWith(e.key, prefix)) break;
+    auto it = changes_.find(e.key);
+    if (it == changes_.end() || it->second) return true;
+  }
+  return false;
+}
+
+Status Overlay::CheckParent(std::string_view key, bool make_parents, const Meta& meta) {
+  std::string_view parent = ParentKey(key);
+  if (parent.empty()) return Status::OK();
+  Value v;
+  Status s = Lookup(parent, &v);
+  if (s.ok()) {
+    if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(parent));
+    return Status::OK();
+  }
+  if (!s.IsNotFound()) return s;
+  if (!make_parents) {
+    // ENOTDIR if some ancestor is a file or symlink, ENOENT otherwise (as the kernel says).
+    for (std::string_view a = ParentKey(parent); !a.empty(); a = ParentKey(a)) {
+      Status as = Lookup(a, &v);
+      if (as.ok()) {
+        if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(a));
+        break;
+      }
+      if (!as.IsNotFound()) return as;
+    }
+    return Status::NotFound("parent directory of " + Quote(key) + " does not exist");
+  }
+  KEYFS_RETURN_IF_ERROR(CheckParent(parent, true, meta));
+  Meta dir = Meta::Dir();
+  dir.uid = meta.uid;
+  dir.gid = meta.gid;
+  dir.mtime_ns = dir.ctime_ns = now_ns_;
+  Set(parent, Value{dir, generation_, {}});
+  return Status::OK();
+}
+
+Status Overlay::CollectSubtree(std::string_view key,
+                               std::vector<std::pair<std::string, Value>>* out) const {
+  Value root;
+  KEYFS_RETURN_IF_ERROR(Lookup(key, &root));
+  out->emplace_back(std::string(key), root);
+  if (root.meta.type != EntryType::kDir) return Status::OK();
+  const std::string prefix = ChildPrefix(key);
+  // Merge the base's keys below `key` with the overlay's, the overlay winning.
+  auto pos = base_->LowerBound(prefix);
+  if (!pos.ok()) return pos.status();
+  uint64_t i = *pos;
+  auto it = changes_.lower_bound(prefix);
+  EntryRef e;
+  bool have_base = false;
+  while (true) {
+    if (!have_base && i < base_->entry_count()) {
+      KEYFS_RETURN_IF_ERROR(base_->At(i, &e));
+      have_base = StartsWith(e.key, prefix);
+      if (!have_base) i = base_->entry_count();
+    }
+    bool have_ov = it != changes_.end() && StartsWith(it->first, prefix);
+    if (!have_base && !have_ov) break;
+    if (have_ov && (!have_base || it->first <= e.key)) {
+      if (have_base && it->first == e.key) {
+        ++i;
+        have_base = false;
+      }
+      if (it->second) out->emplace_back(it->first, *it->second);
+      ++it;
+    } else {
+      out->emplace_back(std::string(e.key), Value{e.meta, e.version, e.value});
+      ++i;
+      have_base = false;
+    }
+  }
+  return Status::OK();
+}
+
+Status Overlay::ApplyOne(const Mutation& m) {
+  KEYFS_RETURN_IF_ERROR(ValidateKey(m.key).WithContext(Quote(m.key)));
+  Value cur;
+  Status found = Lookup(m.key, &cur);
+  if (!found.ok() && !found.IsNotFound()) return found;
+  const bool exists = found.ok();
+
+  switch (m.op) {
+    case Mutation::Op::kPut: {
+      if (m.meta.type == EntryType::kDir) return Status::InvalidArgument("put of a directory");
+      KEYFS_RETURN_IF_ERROR(CheckParent(m.key, m.make_parents, m.meta));
+      if (exists && cur.meta.type == EntryType::kDir) return Status::IsDirectory(Quote(m.key));
+      if (exists && m.exclusive) return Status::AlreadyExists(Quote(m.key));
+      Meta meta = m.meta;
+      meta.mode &= 07777;
+      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns_;
+      meta.ctime_ns = now_ns_;
+      Set(m.key, Value{meta, generation_, m.value});
+      return Status::OK();
+    }
+    case Mutation::Op::kMkdir: {
+      KEYFS_RETURN_IF_ERROR(CheckParent(m.key, m.make_parents, m.meta));
+      if (exists && !(m.exist_ok && cur.meta.type == EntryType::kDir)) {
+        return Status::AlreadyExists(Quote(m.key));
+      }
+      Meta meta = m.meta;
+      meta.type = EntryType::kDir;
+      meta.mode &= 07777;
+      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns_;
+      meta.ctime_ns = now_ns_;
+      Set(m.key, Value{meta, generation_, {}});
+      return Status::OK();
+    }
+    case Mutation::Op::kDelete: {
+      if (!exists) return Status::NotFound(Quote(m.key));
+      if (cur.meta.type == EntryType::kDir) {
+        auto has = HasChildren(m.key);
+        if (!has.ok()) return has.status();
+        if (*has) return Status::NotEmpty(Quote(m.key));
+      }
+      Set(m.key, std::nullopt);
+      return Status::OK();
+    }
+    case Mutation::Op::kSetMeta: {
+      if (!exists) return Status::NotFound(Quote(m.key));
+      Meta meta = m.meta;
+      meta.type = cur.meta.type;
+      meta.mode &= 07777;
+      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns_;
+      meta.ctime_ns = now_ns_;
+      Set(m.key, Value{meta, generation_, cur.value});
+      return Status::OK();
+    }
+    case Mutation::Op::kRename:
+      break;
+  }
+
+  // Rename.
+  const std::string_view from = m.key, to = m.target;
+  KEYFS_RETURN_IF_ERROR(ValidateKey(to).WithContext(Quote(to)));
+  if (!exists) return Status::NotFound(Quote(from));
+  const bool exchange = m.rename_flags & kRenameExchange;
+  if (exchange && (m.rename_flags & kRenameNoReplace)) {
+    return Status::InvalidArgument("RENAME_EXCHANGE with RENAME_NOREPLACE");
+  }
+  if (m.rename_flags & ~uint32_t{kRenameNoReplace | kRenameExchange}) {
+    return Status::InvalidArgument("unknown rename flags");
+  }
+  if (IsBelow(to, from))
+    return Status::InvalidArgument("cannot move " + Quote(from) + " into itself");
+  KEYFS_RETURN_IF_ERROR(CheckParent(to, false, cur.meta));
+  Value dst;
+  Status ds = Lookup(to, &dst);
+  if (!ds.ok() && !ds.IsNotFound()) return ds;
+  const bool dst_exists = ds.ok();
+  if (from == to) return Status::OK();
+
+  std::vector<std::pair<std::string, Value>> src_tree, dst_tree;
+  KEYFS_RETURN_IF_ERROR(CollectSubtree(from, &src_tree));
+  if (exchange) {
+    if (!dst_exists) return Status::NotFound(Quote(to));
+    if (IsBelow(from, to)) return Status::InvalidArgument("cannot exchange with an ancestor");
+    KEYFS_RETURN_IF_ERROR(CollectSubtree(to, &dst_tree));
+  } else if (dst_exists) {
+    if (m.rename_flags & kRenameNoReplace) return Status::AlreadyExists(Quote(to));
+    if (cur.meta.type == EntryType::kDir) {
+      if (dst.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(to));
+      auto has = HasChildren(to);
+      if (!has.ok()) return has.status();
+      if (*has) return Status::NotEmpty(Quote(to));
+    } else if (dst.meta.type == EntryType::kDir) {
+      return Status::IsDirectory(Quote(to));
+    }
+    Set(to, std::nullopt);
+  }
+  for (const auto& [k, v] : src_tree) Set(k, std::nullopt);
+  for (const auto& [k, v] : dst_tree) Set(k, std::nullopt);
+  auto move = [&](const std::vector<std::pair<std::string, Value>>& tree, std::string_view old_root,
+                  std::string_view new_root) {
+    for (const auto& [k, v] : tree) {
+      Value nv = v;
+      nv.version = generation_;
+      if (k.size() == old_root.size()) nv.meta.ctime_ns = now_ns_;
+      Set(std::string(new_root) + k.substr(old_root.size()), nv);
+    }
+  };
+  move(src_tree, from, to);
+  move(dst_tree, to, from);
+  return Status::OK();
+}
+
+Status Overlay::Apply(const Batch& batch) {
+  undo_.clear();
+  undo_keys_.clear();
+  logging_ = true;
+  Status s;
+  for (const Mutation& m : batch.mutations()) {
+    s = ApplyOne(m);
+    if (!s.ok()) break;
+  }
+  logging_ = false;
+  if (!s.ok()) {
+    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) {
+      if (!it->second) {
+        changes_.erase(it->first);
+      } else {
+        changes_[it->first] = std::move(*it->second);
+      }
+    }
+  }
+  undo_.clear();
+  undo_keys_.clear();
+  return s;
+}
+
+Status Overlay::ForEachMerged(
+    const std::function<Status(std::string_view key, const Value& v)>& fn) const {
+  uint64_t i = 0;
+  const uint64_t n = base_->entry_count();
+  auto it = changes_.begin();
+  EntryRef e;
+  bool have_base = false;
+  while (true) {
+    if (!have_base && i < n) {
+      KEYFS_RETURN_IF_ERROR(base_->At(i, &e));
+      have_base = true;
+    }
+    const bool have_ov = it != changes_.end();
+    if (!have_base && !have_ov) break;
+    if (have_ov && (!have_base || it->first <= e.key)) {
+      if (have_base && it->first == e.key) {
+        ++i;
+        have_base = false;
+      }
+      if (it->second) KEYFS_RETURN_IF_ERROR(fn(it->first, *it->second));
+      ++it;
+    } else {
+      KEYFS_RETURN_IF_ERROR(fn(e.key, Value{e.meta, e.version, e.value}));
+      ++i;
+      have_base = false;
+    }
+  }
+  return Status::OK();
+}
+
+std::vector<std::string> Overlay::ChangedKeys() const {
+  std::vector<std::string> keys;
+  keys.reserve(changes_.size());
+  for (const auto& [k, v] : changes_) keys.push_back(k);
+  return keys;
+}
+
+}  // namespace keyfs

@@ -1,0 +1,19 @@
+// Factory functions of the snapshot engine. Internal to store/ (open.cc dispatches here).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "keyfs/store/engine.h"
+#include "keyfs/store/env.h"
+
+namespace keyfs {
+
+// Opens an existing snapshot store. See OpenStore.
+StatusOr<std::unique_ptr<Engine>> OpenSnapshotEngine(const std::string& path,
+                                                     const OpenOptions& options);
+
+// Writes an empty snapshot table at `path`. AlreadyExists if present.
+Status CreateSnapshotStore(const std::string& path, Env* env);
+
+}  // namespace keyfs

@@ -1,0 +1,346 @@
+// SnapshotTable: reads one mmap'd snapshot file (FORMAT.md §2). Opening checks only the
+// header and the chunk-checksum array; each 16 KiB chunk is verified on first access.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "format.h"
+#include "keyfs/store/snapshot.h"
+
+namespace keyfs {
+
+using namespace format;  // NOLINT: the format's names are this file's vocabulary
+
+namespace {
+
+bool ValidType(uint8_t t) { return t >= 1 && t <= 3; }
+
+// Overflow-safe "a + b <= limit".
+bool FitsIn(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
+
+}  // namespace
+
+StatusOr<TableRef> SnapshotTable::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, path);
+  return OpenFd(fd, path);
+}
+
+StatusOr<TableRef> SnapshotTable::OpenFd(int fd, const std::string& path) {
+  std::shared_ptr<SnapshotTable> t(new SnapshotTable());
+  Status s = t->Init(fd, path);  // owns fd from here on, even on failure
+  if (!s.ok()) return s;
+  return TableRef(std::move(t));
+}
+
+SnapshotTable::~SnapshotTable() {
+  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status SnapshotTable::Corrupt(const char* what, uint64_t off) const {
+  return Status::Corruption(path_ + ": " + what + " at offset " + std::to_string(off));
+}
+
+Status SnapshotTable::Init(int fd, const std::string& path) {
+  fd_ = fd;
+  path_ = path;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + ": not a regular file");
+  dev_ = st.st_dev;
+  ino_ = st.st_ino;
+  size_ = static_cast<uint64_t>(st.st_size);
+  if (size_ < kSnapDataStart) {
+    return Status::Corruption(path + ": file too short for a snapshot store (" +
+                              std::to_string(size_) + " bytes)");
+  }
+  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return Status::FromErrno(errno, "mmap " + path);
+  base_ = static_cast<const uint8_t*>(p);
+
+  const uint8_t* h = base_;
+  if (std::memcmp(h + kHMagic, kSnapMagic, 8) != 0) return Corrupt("bad magic", 0);
+  if (Load32(h + kHVersion) != kSnapVersion) {
+    return Status::Corruption(path + ": unsupported snapshot format version " +
+                              std::to_string(Load32(h + kHVersion)));
+  }
+  if (Load32(h + kHHeaderSize) != kSnapHeaderSize) return Corrupt("bad header size", kHHeaderSize);
+  if (Hash(h, kHHeaderChecksum) != Load64(h + kHHeaderChecksum)) {
+    return Corrupt("header checksum mismatch", kHHeaderChecksum);
+  }
+  if (Load64(h + kHFileSize) != size_) {
+    return Status::Corruption(path + ": file is " + std::to_string(size_) + " bytes, header says " +
+                              std::to_string(Load64(h + kHFileSize)) + " (truncated or extended)");
+  }
+  generation_ = Load64(h + kHGeneration);
+  commit_time_ns_ = static_cast<int64_t>(Load64(h + kHCommitTime));
+  entry_count_ = Load64(h + kHEntryCount);
+  value_bytes_ = Load64(h + kHValueBytes);
+  records_off_ = Load64(h + kHRecordsOff);
+  sorted_off_ = Load64(h + kHSortedOff);
+  records_end_ = sorted_off_;
+  slots_off_ = Load64(h + kHSlotsOff);
+  slot_bits_ = Load32(h + kHSlotBits);
+  bloom_k_ = Load32(h + kHBloomK);
+  bloom_off_ = Load64(h + kHBloomOff);
+  bloom_blocks_ = Load64(h + kHBloomBlocks);
+  sums_off_ = Load64(h + kHSumsOff);
+
+  // Sections in order, aligned, sized by their counts, inside the file.
+  if (records_off_ != kSnapDataStart) return Corrupt("bad records offset", kHRecordsOff);
+  if (sorted_off_ < records_off_ || sorted_off_ % 8 != 0) {
+    return Corrupt("bad sorted-index offset", kHSortedOff);
+  }
+  if (entry_count_ > (size_ - sorted_off_) / 8 ||
+      (records_end_ - records_off_) / (kRecordFixed + 8 + kMetaSize) < entry_count_) {
+    return Corrupt("entry count does not fit the file", kHEntryCount);
+  }
+  if (slot_bits_ < kMinSlotBits || slot_bits_ > 40) return Corrupt("bad slot bits", kHSlotBits);
+  slot_mask_ = (uint64_t{1} << slot_bits_) - 1;
+  if ((uint64_t{1} << slot_bits_) < entry_count_ + entry_count_ / 2 + 1) {
+    return Corrupt("hash index too small for the entry count", kHSlotBits);
+  }
+  const uint64_t sorted_end = sorted_off_ + 8 * entry_count_;
+  const uint64_t slots_bytes = uint64_t{kSlotSize} << slot_bits_;
+  if (slots_off_ < sorted_end || slots_off_ % 64 != 0 || !FitsIn(slots_off_, slots_bytes, size_)) {
+    return Corrupt("bad hash-index offset", kHSlotsOff);
+  }
+  if (bloom_k_ < 1 || bloom_k_ > 32) return Corrupt("bad bloom k", kHBloomK);
+  if (bloom_blocks_ < 1 || bloom_blocks_ > (uint64_t{1} << 32) ||
+      bloom_off_ < slots_off_ + slots_bytes || bloom_off_ % 64 != 0 ||
+      !FitsIn(bloom_off_, bloom_blocks_ * kBloomBlockBytes, size_)) {
+    return Corrupt("bad bloom filter offset or size", kHBloomOff);
+  }
+  if (sums_off_ < bloom_off_ + bloom_blocks_ * kBloomBlockBytes || sums_off_ % 8 != 0) {
+    return Corrupt("bad checksum-array offset", kHSumsOff);
+  }
+  chunk_count_ = (sums_off_ - kSnapDataStart + kChunkSize - 1) >> kChunkShift;
+  if (sums_off_ + 8 * chunk_count_ != size_) return Corrupt("bad checksum-array size", kHSumsOff);
+  if (Hash(base_ + sums_off_, 8 * chunk_count_) != Load64(h + kHSumsChecksum)) {
+    return Corrupt("checksum-array checksum mismatch", sums_off_);
+  }
+  verified_.reset(new std::atomic<uint64_t>[(chunk_count_ + 63) / 64]());
+  return Status::OK();
+}
+
+Status SnapshotTable::VerifyChunk(uint64_t chunk) const {
+  uint64_t off = kSnapDataStart + (chunk << kChunkShift);
+  uint64_t len = std::min<uint64_t>(kChunkSize, sums_off_ - off);
+  if (Hash(base_ + off, len) != Load64(base_ + sums_off_ + 8 * chunk)) {
+    return Corrupt(("checksum mismatch in chunk " + std::to_string(chunk)).c_str(), off);
+  }
+  verified_[chunk / 64].fetch_or(uint64_t{1} << (chunk % 64), std::memory_order_relaxed);
+  return Status::OK();
+}
+
+inline Status SnapshotTable::Check(uint64_t off, uint64_t len, const char* what) const {
+  if (off < kSnapDataStart || !FitsIn(off, len, sums_off_)) return Corrupt(what, off);
+  if (len == 0) return Status::OK();
+  uint64_t first = (off - kSnapDataStart) >> kChunkShift;
+  uint64_t last = (off + len - 1 - kSnapDataStart) >> kChunkShift;
+  for (uint64_t c = first; c <= last; ++c) {
+    if (!(verified_[c / 64].load(std::memory_order_relaxed) & (uint64_t{1} << (c % 64)))) {
+      KEYFS_RETURN_IF_ERROR(VerifyChunk(c));
+    }
+  }
+  return Status::OK();
+}
+
+Status SnapshotTable::DecodeRecord(uint64_t off, EntryRef* out) const {
+  if (off < records_off_ || off % 8 != 0 || !FitsIn(off, kRecordFixed, records_end_)) {
+    return Corrupt("record offset out of range", off);
+  }
+  KEYFS_RETURN_IF_ERROR(Check(off, kRecordFixed, "record header"));
+  const uint8_t* r = base_ + off;
+  uint64_t klen = Load32(r);
+  uint8_t type = r[4];
+  uint64_t vlen = Load64(r + 8);
+  if (klen == 0 || klen > kMaxKeyLength || !ValidType(type)) return Corrupt("bad record", off);
+  uint64_t meta = off + kRecordFixed + Align8(klen);
+  if (vlen > records_end_ || !FitsIn(meta + kMetaSize, Align8(vlen), records_end_)) {
+    return Corrupt("record value out of range", off);
+  }
+  KEYFS_RETURN_IF_ERROR(Check(off, RecordSize(klen, vlen), "record"));
+  const uint8_t* m = base_ + meta;
+  out->key = std::string_view(reinterpret_cast<const char*>(r + kRecordFixed), klen);
+  out->meta.type = static_cast<EntryType>(type);
+  out->meta.mode = Load32(m);
+  out->meta.uid = Load32(m + 4);
+  out->meta.gid = Load32(m + 8);
+  out->meta.mtime_ns = static_cast<int64_t>(Load64(m + 16));
+  out->meta.ctime_ns = static_cast<int64_t>(Load64(m + 24));
+  out->version = Load64(m + 32);
+  out->value = std::string_view(reinterpret_cast<const char*>(m + kMetaSize), vlen);
+  return Status::OK();
+}
+
+Status SnapshotTable::Find(std::string_view key, EntryRef* out) const {
+  const uint64_t h = HashKey(key);
+  // Bloom filter first: a miss usually ends here without touching the hash index.
+  const BloomProbe bp = Bloom(h, bloom_blocks_);
+  const uint64_t block_off = bloom_off_ + bp.block * kBloomBlockBytes;
+  KEYFS_RETURN_IF_ERROR(Check(block_off, kBloomBlockBytes, "bloom block"));
+  const uint8_t* block = base_ + block_off;
+  uint32_t a = bp.a;
+  for (uint32_t i = 0; i < bloom_k_; ++i) {
+    uint32_t bit = a & 511;
+    if (!(block[bit >> 3] & (1u << (bit & 7)))) return Status::NotFound();
+    a += bp.delta;
+  }
+  uint64_t slot = h & slot_mask_;
+  for (uint64_t probes = 0; probes <= slot_mask_; ++probes) {
+    const uint64_t soff = slots_off_ + slot * kSlotSize;
+    KEYFS_RETURN_IF_ERROR(Check(soff, kSlotSize, "hash slot"));
+    const uint64_t roff = Load64(base_ + soff + 8);
+    if (roff == 0) return Status::NotFound();
+    if (Load64(base_ + soff) == h) {
+      KEYFS_RETURN_IF_ERROR(DecodeRecord(roff, out));
+      if (out->key == key) return Status::OK();
+    }
+    slot = (slot + 1) & slot_mask_;
+  }
+  return Corrupt("hash index has no empty slot", slots_off_);
+}
+
+Status SnapshotTable::At(uint64_t i, EntryRef* out) const {
+  if (i >= entry_count_) return Status::InvalidArgument("index out of range");
+  const uint64_t p = sorted_off_ + 8 * i;
+  KEYFS_RETURN_IF_ERROR(Check(p, 8, "sorted index"));
+  return DecodeRecord(Load64(base_ + p), out);
+}
+
+StatusOr<uint64_t> SnapshotTable::LowerBound(std::string_view key) const {
+  uint64_t lo = 0, hi = entry_count_;
+  EntryRef e;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    KEYFS_RETURN_IF_ERROR(At(mid, &e));
+    if (e.key < key) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+Status SnapshotTable::ListChildren(std::string_view dir, std::string_view start_after,
+                                   const ListFn& fn) const {
+  std::string prefix(dir);
+  if (!prefix.empty()) prefix += '/';
+  std::string from = prefix;
+  if (!start_after.empty()) {
+    // The first key after every key of the subtree of `start_after`.
+    // "name\0" is the immediate successor of "name"; the loop below skips "name/...".
+    from.append(start_after);
+    from += '\0';
+  }
+  auto pos = LowerBound(from);
+  if (!pos.ok()) return pos.status();
+  uint64_t i = *pos;
+  EntryRef e;
+  while (i < entry_count_) {
+    KEYFS_RETURN_IF_ERROR(At(i, &e));
+    if (e.key.size() <= prefix.size() || e.key.compare(0, prefix.size(), prefix) != 0) break;
+    std::string_view rest = e.key.substr(prefix.size());
+    size_t slash = rest.find('/');
+    if (slash != std::string_view::npos) {
+      // A descendant of a child directory (or of start_after): jump past that subtree.
+      std::string skip = prefix;
+      skip.append(rest.substr(0, slash));
+      skip += '0';  // the byte after '/'
+      auto next = LowerBound(skip);
+      if (!next.ok()) return next.status();
+      i = std::max(*next, i + 1);
+      continue;
+    }
+    DirEntry d;
+    d.name = rest;
+    d.meta = e.meta;
+    d.size = e.value.size();
+    d.version = e.version;
+    if (!fn(d)) break;
+    ++i;
+  }
+  return Status::OK();
+}
+
+Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
+  auto note = [&](std::string line) {
+    if (report) report->push_back(std::move(line));
+  };
+  for (uint64_t c = 0; c < chunk_count_; ++c) KEYFS_RETURN_IF_ERROR(VerifyChunk(c));
+  note("chunks: " + std::to_string(chunk_count_) + " checksums ok");
+
+  // Records: consecutive, sorted, well-formed, zero padding, tree intact.
+  uint64_t off = records_off_, values = 0;
+  std::string prev;
+  std::vector<std::string> dirs;  // stack of directory keys that are ancestors so far
+  EntryRef e;
+  for (uint64_t i = 0; i < entry_count_; ++i) {
+    const uint64_t p = sorted_off_ + 8 * i;
+    if (Load64(base_ + p) != off) return Corrupt("sorted index does not match records", p);
+    KEYFS_RETURN_IF_ERROR(DecodeRecord(off, &e));
+    const uint8_t* r = base_ + off;
+    if (r[5] || r[6] || r[7]) return Corrupt("nonzero record padding", off + 5);
+    Status ks = ValidateKey(e.key);
+    if (!ks.ok()) return Corrupt(("invalid key (" + ks.ToString() + ")").c_str(), off);
+    if (i > 0 && !(prev < e.key)) return Corrupt("keys out of order", off);
+    if (e.meta.mode > 07777) return Corrupt("bad mode", off);
+    if (e.meta.type == EntryType::kDir && !e.value.empty()) {
+      return Corrupt("directory with a value", off);
+    }
+    std::string_view parent = ParentKey(e.key);
+    while (!dirs.empty() &&
+           !(parent.size() >= dirs.back().size() &&
+             parent.compare(0, dirs.back().size(), dirs.back()) == 0 &&
+             (parent.size() == dirs.back().size() || parent[dirs.back().size()] == '/'))) {
+      dirs.pop_back();
+    }
+    if (!parent.empty() && (dirs.empty() || dirs.back() != parent)) {
+      return Corrupt(("parent of '" + std::string(e.key) + "' is not a directory").c_str(), off);
+    }
+    if (e.meta.type == EntryType::kDir) dirs.emplace_back(e.key);
+    // Lookup through the hash index and bloom filter must find this very record.
+    EntryRef found;
+    Status fs = Find(e.key, &found);
+    if (!fs.ok() || found.key.data() != e.key.data()) {
+      return Corrupt(("hash index or bloom filter misses key '" + std::string(e.key) + "'").c_str(),
+                     off);
+    }
+    values += e.value.size();
+    prev.assign(e.key);
+    off += RecordSize(e.key.size(), e.value.size());
+  }
+  if (off != records_end_) return Corrupt("records section has trailing bytes", off);
+  if (values != value_bytes_) return Corrupt("value byte total does not match", kHValueBytes);
+  note("records: " + std::to_string(entry_count_) + " entries, sorted, tree intact");
+
+  uint64_t used = 0;
+  for (uint64_t s = 0; s <= slot_mask_; ++s) {
+    const uint64_t soff = slots_off_ + s * kSlotSize;
+    const uint64_t roff = Load64(base_ + soff + 8);
+    if (roff == 0) {
+      if (Load64(base_ + soff) != 0) return Corrupt("empty hash slot with a hash", soff);
+      continue;
+    }
+    ++used;
+    KEYFS_RETURN_IF_ERROR(DecodeRecord(roff, &e));
+    if (HashKey(e.key) != Load64(base_ + soff)) return Corrupt("hash slot hash mismatch", soff);
+  }
+  if (used != entry_count_) return Corrupt("hash index entry count mismatch", slots_off_);
+  note("hash index: " + std::to_string(slot_mask_ + 1) + " slots, " + std::to_string(used) +
+       " used");
+  note("bloom filter: " + std::to_string(bloom_blocks_ * 512) +
+       " bits, k=" + std::to_string(bloom_k_));
+  return Status::OK();
+}
+
+}  // namespace keyfs
