@@ -14,8 +14,8 @@
 //      is removed, STORE and the served table are untouched, the committer goes on.
 //      (A failed directory fsync after the rename leaves the outcome in doubt, as in any
 //      filesystem: the batches get the error, the new file is served.)
-//   6. Unlock, publish the new table (one atomic pointer store), answer the batches, then
-//      tell the change listener.
+//   6. Publish the new table (one atomic pointer store), unlock, tell the change listener,
+//      then answer the batches.
 // Durable state: STORE always names a complete, fsynced table; a crash between 5's
 // rename and its directory fsync leaves either the old or the new table.
 //
@@ -443,8 +443,10 @@ class SnapshotEngineImpl final : public SnapshotEngine {
         }
       }
     }
-    Answer(accepted);
+    // The listener runs before the callers are released: once Commit returns, caches
+    // that listen (the kernel's, via fs/) have already dropped what changed.
     if (event) Notify(std::move(*event));
+    Answer(accepted);
   }
 
   // Builds the merged table into a temp file and renames it over STORE.

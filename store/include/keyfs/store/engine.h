@@ -162,8 +162,9 @@ class Engine {
 
   virtual EngineStats Stats() const = 0;
 
-  // The listener runs on an engine thread after each change of the served state, after
-  // the committing callers have been released. REQUIRES: set before concurrent use.
+  // The listener runs on an engine thread after each change of the served state; for a
+  // commit of this engine, before Commit returns to its callers. It must not call Commit
+  // (or wait for anything that does). REQUIRES: set before concurrent use.
   virtual void SetChangeListener(ChangeListener listener) = 0;
 };
 
