@@ -1,0 +1,198 @@
+// InodeTable: nodeid <-> (key, version) bookkeeping, kept apart from the store.
+#include "inode_table.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace keyfs::fs {
+
+namespace {
+bool AtOrBelow(std::string_view key, std::string_view root) {
+  if (key.size() < root.size() || key.compare(0, root.size(), root) != 0) return false;
+  return key.size() == root.size() || key[root.size()] == '/';
+}
+}  // namespace
+
+InodeTable::InodeTable() {
+  auto root = std::make_unique<Node>();
+  root->id = kRootId;
+  root->ino = kRootId;
+  root->type = EntryType::kDir;
+  root->rec.meta = Meta::Dir();
+  root->nlookup = 1;  // never erased
+  by_key_[""].push_back(root.get());
+  nodes_[kRootId] = std::move(root);
+}
+
+Node* InodeTable::FindLocked(uint64_t id) {
+  auto it = nodes_.find(id);
+  return it == nodes_.end() ? nullptr : it->second.get();
+}
+
+uint64_t InodeTable::InoForLocked(const std::string& key) {
+  auto [it, inserted] = inos_.try_emplace(key, 0);
+  if (inserted) it->second = next_ino_++;
+  return it->second;
+}
+
+Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
+  auto n = std::make_unique<Node>();
+  n->id = next_id_++;
+  n->key = key;
+  n->ino = InoForLocked(key);
+  n->type = rec.meta.type;
+  n->version = rec.version;
+  n->rec = rec;
+  if (n->type == EntryType::kDir) n->rec.pin.reset();  // dirs keep no table alive
+  Node* raw = n.get();
+  by_key_[key].push_back(raw);
+  nodes_[raw->id] = std::move(n);
+  return raw;
+}
+
+uint64_t InodeTable::Acquire(const std::string& key, const Record& rec) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto pending = writer_pending_.find(key);
+  const bool for_writer = pending != writer_pending_.end() && pending->second == rec.version &&
+                          rec.meta.type == EntryType::kFile;
+  auto it = by_key_.find(key);
+  if (it != by_key_.end()) {
+    for (Node* n : it->second) {
+      if (n->type != rec.meta.type || n->unlinked) continue;
+      if (n->type == EntryType::kDir) {
+        n->rec.meta = rec.meta;
+        ++n->nlookup;
+        return n->id;
+      }
+      // Readers share one clean node per version; a writer's lookup gets a tainted node
+      // nobody reads through the page cache.
+      const bool fits = for_writer ? n->tainted && n->cached_readers == 0 : !n->tainted;
+      if (n->version == rec.version && fits) {
+        ++n->nlookup;
+        return n->id;
+      }
+    }
+  }
+  Node* n = NewNodeLocked(key, rec);
+  n->nlookup = 1;
+  n->tainted = for_writer;
+  return n->id;
+}
+
+void InodeTable::ReserveForWriter(const std::string& key, uint64_t version) {
+  std::lock_guard<std::mutex> l(mu_);
+  writer_pending_[key] = version;
+}
+
+void InodeTable::WriterOpened(const std::string& key) {
+  std::lock_guard<std::mutex> l(mu_);
+  writer_pending_.erase(key);
+}
+
+uint64_t InodeTable::AcquireFresh(const std::string& key, const Record& rec) {
+  std::lock_guard<std::mutex> l(mu_);
+  Node* n = NewNodeLocked(key, rec);
+  n->nlookup = 1;
+  return n->id;
+}
+
+void InodeTable::MaybeEraseLocked(Node* n) {
+  if (n->id == kRootId || n->nlookup > 0 || n->open_handles > 0) return;
+  auto it = by_key_.find(n->key);
+  if (it != by_key_.end()) {
+    auto& v = it->second;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (v[i] == n) {
+        v[i] = v.back();
+        v.pop_back();
+        break;
+      }
+    }
+    if (v.empty()) by_key_.erase(it);
+  }
+  nodes_.erase(n->id);
+}
+
+void InodeTable::Forget(uint64_t id, uint64_t count) {
+  std::lock_guard<std::mutex> l(mu_);
+  Node* n = FindLocked(id);
+  if (n == nullptr || id == kRootId) return;
+  if (count > n->nlookup) {
+    std::fprintf(stderr, "keyfs: FORGET of %llu lookups on node %llu that has %llu\n",
+                 static_cast<unsigned long long>(count), static_cast<unsigned long long>(id),
+                 static_cast<unsigned long long>(n->nlookup));
+    std::abort();
+  }
+  n->nlookup -= count;
+  MaybeEraseLocked(n);
+}
+
+bool InodeTable::KeyOf(uint64_t id, std::string* key, EntryType* type) {
+  std::lock_guard<std::mutex> l(mu_);
+  Node* n = FindLocked(id);
+  if (n == nullptr) return false;
+  *key = n->key;
+  if (type) *type = n->type;
+  return true;
+}
+
+void InodeTable::Renamed(const std::string& from, const std::string& to, bool exchange) {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<Node*> a, b;
+  auto collect = [&](const std::string& root, std::vector<Node*>* out) {
+    for (auto it = by_key_.lower_bound(root); it != by_key_.end() && AtOrBelow(it->first, root);) {
+      for (Node* n : it->second) out->push_back(n);
+      it = by_key_.erase(it);
+    }
+  };
+  collect(from, &a);
+  if (exchange) collect(to, &b);
+  auto move = [&](std::vector<Node*>& nodes, const std::string& old_root,
+                  const std::string& new_root) {
+    for (Node* n : nodes) {
+      n->key = new_root + n->key.substr(old_root.size());
+      by_key_[n->key].push_back(n);
+    }
+  };
+  move(a, from, to);
+  move(b, to, from);
+}
+
+void InodeTable::Unlinked(const std::string& key) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return;
+  for (Node* n : it->second) n->unlinked = true;
+}
+
+uint64_t InodeTable::DirId(const std::string& key) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return 0;
+  for (Node* n : it->second) {
+    if (n->type == EntryType::kDir && !n->unlinked) return n->id;
+  }
+  return 0;
+}
+
+void InodeTable::CloseHandle(uint64_t id, bool cached_reader, bool writer) {
+  std::lock_guard<std::mutex> l(mu_);
+  Node* n = FindLocked(id);
+  if (n == nullptr) return;
+  if (n->open_handles > 0) --n->open_handles;
+  if (cached_reader && n->cached_readers > 0) --n->cached_readers;
+  if (writer && n->writers > 0) --n->writers;
+  MaybeEraseLocked(n);
+}
+
+uint64_t InodeTable::InoOf(const std::string& key) {
+  std::lock_guard<std::mutex> l(mu_);
+  return InoForLocked(key);
+}
+
+size_t InodeTable::size() {
+  std::lock_guard<std::mutex> l(mu_);
+  return nodes_.size();
+}
+
+}  // namespace keyfs::fs

@@ -1,0 +1,114 @@
+// InodeTable: the FUSE nodeids the kernel knows, and the key each one stands for.
+//
+// The model (SPEC §3): every committed version of a file or symlink gets its own nodeid,
+// so the kernel's page cache of one version is never reused for another; a key keeps one
+// st_ino across versions. A directory has one node per key (its children change, it does
+// not). Nodes live while the kernel holds lookups on them (or handles are open), so old
+// readers keep their own immutable version.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "keyfs/store/engine.h"
+
+namespace keyfs::fs {
+
+// Reserved nodeids (FUSE_ROOT_ID is 1).
+constexpr uint64_t kRootId = 1;
+constexpr uint64_t kControlDirId = 2;  // MOUNT/.keyfs
+constexpr uint64_t kStatsFileId = 3;   // MOUNT/.keyfs/stats
+constexpr uint64_t kSyncFileId = 4;    // MOUNT/.keyfs/sync
+constexpr uint64_t kFirstDynamicId = 16;
+constexpr std::string_view kControlDirName = ".keyfs";
+
+struct Node {
+  uint64_t id = 0;
+  std::string key;  // "" for the root; follows renames made through this mount
+  uint64_t ino = 0;
+  EntryType type = EntryType::kFile;
+  uint64_t version = 0;  // files and symlinks: the version this node shows
+  Record rec;            // files and symlinks: that version, pinned; dirs: last seen meta
+  uint64_t nlookup = 0;
+  uint32_t open_handles = 0;    // handles of any kind (the node must outlive them)
+  uint32_t cached_readers = 0;  // open handles reading through the page cache
+  uint32_t writers = 0;         // open write handles
+  bool tainted = false;         // a writer used it: the kernel may have grown its i_size, so it
+                                // is never handed out again for page-cache reads
+  bool unlinked = false;        // removed through this mount: pending writes are dropped
+};
+
+// Thread-safety: every method locks the table's mutex; Node fields are protected by it
+// too (callers use WithNode / Locked for multi-field updates).
+class InodeTable {
+ public:
+  InodeTable();
+
+  // The node for `key` as `rec` shows it, adding one lookup: an existing node when it
+  // shows the same version (and is not tainted), else a new one. Returns its id.
+  uint64_t Acquire(const std::string& key, const Record& rec);
+  // A fresh node for `key`/`rec` even if one exists (for a writer that must not share).
+  uint64_t AcquireFresh(const std::string& key, const Record& rec);
+
+  // A writer was sent back (ESTALE) to look `key` up again: until it opens, lookups of
+  // `key` at `version` answer a node reserved for writers (tainted from birth, so no
+  // reader reads it through the page cache).
+  void ReserveForWriter(const std::string& key, uint64_t version);
+  void WriterOpened(const std::string& key);
+
+  // Drops `n` lookups; erases the node at zero lookups and no open handles.
+  // Aborts if the count would go negative (a kernel/daemon accounting bug).
+  void Forget(uint64_t id, uint64_t n);
+
+  // Runs fn(node) under the lock; returns false if the node is unknown.
+  template <class Fn>
+  bool WithNode(uint64_t id, Fn&& fn) {
+    std::lock_guard<std::mutex> l(mu_);
+    Node* n = FindLocked(id);
+    if (n == nullptr) return false;
+    fn(*n);
+    return true;
+  }
+
+  // Copy of a node's key and type; false if unknown.
+  bool KeyOf(uint64_t id, std::string* key, EntryType* type = nullptr);
+
+  // After a rename through this mount: nodes of `from` and below now stand for `to`
+  // (and with exchange, the reverse).
+  void Renamed(const std::string& from, const std::string& to, bool exchange);
+  // After an unlink/rmdir through this mount.
+  void Unlinked(const std::string& key);
+
+  // The nodeid of the directory node for `key`, if the kernel knows it (0 otherwise).
+  uint64_t DirId(const std::string& key);
+
+  // Handle accounting; the node is kept while handles are open.
+  void CloseHandle(uint64_t id, bool cached_reader, bool writer);
+
+  // The st_ino of `key` (allocated on first use, stable while the daemon runs).
+  uint64_t InoOf(const std::string& key);
+
+  size_t size();
+
+ private:
+  Node* FindLocked(uint64_t id);
+  Node* NewNodeLocked(const std::string& key, const Record& rec);
+  void MaybeEraseLocked(Node* n);
+  uint64_t InoForLocked(const std::string& key);
+
+  std::mutex mu_;
+  uint64_t next_id_ = kFirstDynamicId;
+  uint64_t next_ino_ = kFirstDynamicId;
+  std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_;
+  std::map<std::string, std::vector<Node*>, std::less<>> by_key_;
+  std::unordered_map<std::string, uint64_t> inos_;            // st_ino per key
+  std::unordered_map<std::string, uint64_t> writer_pending_;  // key -> version
+};
+
+}  // namespace keyfs::fs

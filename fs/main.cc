@@ -1,0 +1,308 @@
+// keyfs: mount a key-value store as a directory.
+//   keyfs STORE MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]
+// Start-up checks (store, engine, mountpoint, /dev/fuse) are ours and come first, so a
+// failure is one line "keyfs: ..." and a non-zero exit. Without -f the command returns
+// only once the mount is ready: a child does the work and reports back through a pipe.
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "keyfs/fs/filesystem.h"
+#include "keyfs/store/engine.h"
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+struct Options {
+  char* store = nullptr;  // first non-option argument
+  int create = 0;
+  char* engine = nullptr;
+  unsigned sync_interval = 30;
+  int ro = 0;
+  char* log_level = nullptr;
+  char* log_file = nullptr;
+  int show_help = 0;
+  int show_version = 0;
+};
+
+enum { kKeyHelp, kKeyVersion };
+
+#define KEYFS_OPT(t, p) \
+  { t, offsetof(Options, p), 1 }
+const fuse_opt kOptSpec[] = {
+    KEYFS_OPT("create", create),
+    KEYFS_OPT("engine=%s", engine),
+    KEYFS_OPT("sync_interval=%u", sync_interval),
+    KEYFS_OPT("log_level=%s", log_level),
+    KEYFS_OPT("log_file=%s", log_file),
+    FUSE_OPT_KEY("-h", kKeyHelp),
+    FUSE_OPT_KEY("--help", kKeyHelp),
+    FUSE_OPT_KEY("-V", kKeyVersion),
+    FUSE_OPT_KEY("--version", kKeyVersion),
+    FUSE_OPT_END,
+};
+
+int OptProc(void* data, const char* arg, int key, fuse_args*) {
+  auto* o = static_cast<Options*>(data);
+  switch (key) {
+    case FUSE_OPT_KEY_NONOPT:
+      if (o->store == nullptr) {
+        o->store = strdup(arg);
+        return 0;  // ours: libfuse only sees the mountpoint
+      }
+      return 1;
+    case FUSE_OPT_KEY_OPT:
+      if (std::strcmp(arg, "ro") == 0) o->ro = 1;  // ours, and the kernel's too
+      return 1;
+    case kKeyHelp:
+      o->show_help = 1;
+      return 0;
+    case kKeyVersion:
+      o->show_version = 1;
+      return 0;
+  }
+  return 1;
+}
+
+void Usage(const char* prog) {
+  std::printf(
+      "usage: %s STORE MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
+      "       %s --help | --version\n\n"
+      "Mounts the key-value store STORE at MOUNTPOINT: every key is a file, its value the\n"
+      "file's content.\n\n"
+      "keyfs options:\n"
+      "    -o create              create STORE if it does not exist\n"
+      "    -o engine=NAME         snapshot (default) or dets; must match an existing STORE\n"
+      "    -o sync_interval=SECS  dets: seconds between syncs (default 30, 0 = fsync/unmount)\n"
+      "    -o ro                  read-only mount (the fast path for programs that only read)\n"
+      "    -o log_level=LEVEL     trace, debug, info (default), warn, error\n"
+      "    -o log_file=PATH       log there instead of stderr (-f) or syslog\n"
+      "    -f                     stay in the foreground\n"
+      "    -d                     debug: foreground, log_level=debug and libfuse's trace\n"
+      "    -s                     accepted for compatibility (requests that commit always\n"
+      "                           run on worker threads)\n\n"
+      "libfuse options (-o allow_other, default_permissions, ...):\n",
+      prog, prog);
+  fuse_lowlevel_help();
+}
+
+[[noreturn]] void Die(const std::string& msg) {
+  std::fprintf(stderr, "keyfs: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+std::string AbsolutePath(const std::string& p) {
+  if (!p.empty() && p[0] == '/') return p;
+  char cwd[PATH_MAX];
+  if (getcwd(cwd, sizeof(cwd)) == nullptr) return p;
+  return std::string(cwd) + "/" + p;
+}
+
+void SetUpLogging(const Options& o, bool foreground, bool debug) {
+  std::shared_ptr<spdlog::logger> logger;
+  try {
+    if (o.log_file != nullptr) {
+      logger = spdlog::basic_logger_mt("keyfs", o.log_file);
+    } else if (foreground) {
+      logger = spdlog::stderr_color_mt("keyfs");
+    } else {
+      logger = spdlog::syslog_logger_mt("keyfs", "keyfs", LOG_PID);
+    }
+  } catch (const std::exception& e) {
+    Die(std::string("cannot open log: ") + e.what());
+  }
+  spdlog::set_default_logger(logger);
+  spdlog::level::level_enum level = debug ? spdlog::level::debug : spdlog::level::info;
+  if (o.log_level != nullptr) {
+    std::string l = o.log_level;
+    if (l == "trace")
+      level = spdlog::level::trace;
+    else if (l == "debug")
+      level = spdlog::level::debug;
+    else if (l == "info")
+      level = spdlog::level::info;
+    else if (l == "warn")
+      level = spdlog::level::warn;
+    else if (l == "error")
+      level = spdlog::level::err;
+    else
+      Die("unknown log_level '" + l + "' (trace, debug, info, warn, error)");
+  }
+  spdlog::set_level(level);
+  spdlog::flush_on(spdlog::level::warn);
+}
+
+// The running part, after the checks: open the engine, mount, serve. Reports start-up
+// success or failure through `ready_fd` (-1 in the foreground). Returns the exit status.
+int Serve(fuse_args* args, const std::string& store, const std::string& mountpoint,
+          const keyfs::OpenOptions& open_options, bool read_only, int ready_fd, bool foreground) {
+  auto fail = [&](const std::string& msg) {
+    std::string line = "keyfs: " + msg + "\n";
+    if (ready_fd >= 0) {
+      (void)!write(ready_fd, line.data(), line.size());
+    } else {
+      std::fputs(line.c_str(), stderr);
+    }
+    return 1;
+  };
+  auto engine = keyfs::OpenStore(store, open_options);
+  if (!engine.ok()) return fail(store + ": " + engine.status().ToString());
+
+  keyfs::fs::Config config;
+  config.read_only = read_only;
+  keyfs::fs::Filesystem fs(engine->get(), config);
+  fuse_session* se = fuse_session_new(args, keyfs::fs::Filesystem::Ops(), sizeof(fuse_lowlevel_ops),
+                                      fs.SessionData());
+  if (se == nullptr) return fail("bad libfuse options (see keyfs --help)");
+  if (fuse_set_signal_handlers(se) != 0) {
+    fuse_session_destroy(se);
+    return fail("cannot install signal handlers");
+  }
+  if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    return fail("cannot mount " + mountpoint + " (is FUSE available? is it already mounted?)");
+  }
+  fs.Start(se);
+  spdlog::info("mounted {} ({}) at {}{}", store, (*engine)->name(), mountpoint,
+               read_only ? " read-only" : "");
+  if (ready_fd >= 0) {
+    (void)!write(ready_fd, "ok\n", 3);
+    close(ready_fd);
+  }
+  if (!foreground) {
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+      if (null > 2) close(null);
+    }
+  }
+  int r = fuse_session_loop(se);
+  spdlog::info("unmounting {}", mountpoint);
+  fuse_session_unmount(se);
+  fs.Stop();
+  fuse_remove_signal_handlers(se);
+  fuse_session_destroy(se);
+  keyfs::Status s = (*engine)->Sync();
+  engine->reset();  // dets: the final sync happens here
+  if (!s.ok()) {
+    spdlog::error("final sync failed: {}", s.ToString());
+    return 1;
+  }
+  return r < 0 ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  fuse_args args = FUSE_ARGS_INIT(argc, argv);
+  Options o;
+  if (fuse_opt_parse(&args, &o, kOptSpec, OptProc) != 0) Die("bad options (see keyfs --help)");
+  if (o.show_help) {
+    Usage(argv[0]);
+    return 0;
+  }
+  if (o.show_version) {
+    std::printf("keyfs %s (libfuse %s)\n", kVersion, fuse_pkgversion());
+    return 0;
+  }
+  fuse_cmdline_opts cmd;
+  std::memset(&cmd, 0, sizeof(cmd));
+  if (fuse_parse_cmdline(&args, &cmd) != 0) Die("bad options (see keyfs --help)");
+  if (o.store == nullptr || cmd.mountpoint == nullptr) {
+    std::fprintf(stderr, "keyfs: usage: keyfs STORE MOUNTPOINT [-f] [-o OPTIONS] (see --help)\n");
+    return 2;
+  }
+  const std::string store = AbsolutePath(o.store);
+  const std::string mountpoint = cmd.mountpoint;
+  const bool foreground = cmd.foreground || cmd.debug;
+  SetUpLogging(o, foreground, cmd.debug);
+
+  // ---- our checks, before libfuse's ----
+  keyfs::OpenOptions open_options;
+  open_options.read_only = o.ro;
+  open_options.watch = true;
+  open_options.create = o.create;
+  if (o.engine != nullptr) {
+    auto kind = keyfs::ParseEngineKind(o.engine);
+    if (!kind.ok()) Die(std::string(kind.status().message()));
+    open_options.kind = *kind;
+    open_options.kind_given = true;
+  }
+  struct stat st;
+  if (stat(mountpoint.c_str(), &st) != 0) Die("mountpoint " + mountpoint + ": " + strerror(errno));
+  if (!S_ISDIR(st.st_mode)) Die("mountpoint " + mountpoint + " is not a directory");
+  if (access("/dev/fuse", R_OK | W_OK) != 0) {
+    Die(std::string("FUSE unavailable: /dev/fuse: ") + strerror(errno));
+  }
+  auto kind = keyfs::DetectEngine(store);
+  if (!kind.ok()) {
+    if (!kind.status().IsNotFound()) Die(kind.status().ToString());
+    if (!o.create) Die(store + " does not exist (use -o create to create it)");
+    if (o.ro) Die("cannot create " + store + " on a read-only mount");
+    keyfs::Status s = keyfs::CreateStore(store, open_options.kind);
+    if (!s.ok() && s.code() != keyfs::Status::Code::kAlreadyExists) {
+      Die("cannot create " + store + ": " + s.ToString());
+    }
+    kind = keyfs::DetectEngine(store);
+    if (!kind.ok()) Die(kind.status().ToString());
+  }
+  if (o.engine != nullptr && *kind != open_options.kind) {
+    Die(store + " is a " + keyfs::EngineKindName(*kind) + " store, not " + o.engine);
+  }
+  {
+    // Check the file now (header, checksums of the index) with no threads running.
+    keyfs::OpenOptions probe;
+    probe.read_only = true;
+    auto e = keyfs::OpenStore(store, probe);
+    if (!e.ok()) Die(store + ": " + e.status().ToString());
+  }
+
+  int status;
+  if (foreground) {
+    status = Serve(&args, store, mountpoint, open_options, o.ro, -1, true);
+  } else {
+    int p[2];
+    if (pipe(p) != 0) Die(std::string("pipe: ") + strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) Die(std::string("fork: ") + strerror(errno));
+    if (pid == 0) {
+      close(p[0]);
+      setsid();
+      if (chdir("/") != 0) _exit(1);
+      _exit(Serve(&args, store, mountpoint, open_options, o.ro, p[1], false));
+    }
+    close(p[1]);
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0) {
+      msg.append(buf, static_cast<size_t>(n));
+      if (msg.find('\n') != std::string::npos) break;
+    }
+    if (msg.rfind("ok", 0) == 0) return 0;
+    if (msg.empty()) msg = "keyfs: the daemon died while starting\n";
+    std::fputs(msg.c_str(), stderr);
+    waitpid(pid, nullptr, 0);
+    status = 1;
+  }
+  fuse_opt_free_args(&args);
+  free(o.store);
+  free(cmd.mountpoint);
+  return status;
+}
