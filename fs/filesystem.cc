@@ -473,7 +473,7 @@ struct Filesystem::Impl {
       fuse_reply_err(req, ENOENT);
       return;
     }
-    if (copy.type == EntryType::kDir && ino != kRootId) {
+    if (copy.type == EntryType::kDir) {
       auto rec = engine->Get(copy.key);  // a directory's node follows its key
       if (rec.ok() && rec->meta.type == EntryType::kDir) {
         copy.rec.meta = rec->meta;
@@ -813,6 +813,12 @@ struct Filesystem::Impl {
   }
 
   void Flush(fuse_req_t req, fuse_file_info* fi) {
+    if (config.read_only) {
+      // Nothing is ever written here: ENOSYS tells the kernel to stop sending FLUSH on
+      // every close (without OPEN there is no per-handle noflush to set).
+      fuse_reply_err(req, ENOSYS);
+      return;
+    }
     auto* h = reinterpret_cast<Handle*>(fi->fh);
     if (h == nullptr || h->kind != Handle::Kind::kWriter) {
       fuse_reply_err(req, 0);

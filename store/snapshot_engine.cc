@@ -139,8 +139,12 @@ class SnapshotEngineImpl final : public SnapshotEngine {
 
   StatusOr<Record> Get(std::string_view key) const override {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
-    if (key.empty()) return Record{Meta::Dir(), 0, {}, nullptr};
     TableRef t = Current();
+    if (key.empty()) {  // the root: implicit, dated by the last commit
+      Meta m = Meta::Dir();
+      m.mtime_ns = m.ctime_ns = t->commit_time_ns();
+      return Record{m, 0, {}, nullptr};
+    }
     EntryRef e;
     Status s = t->Find(key, &e);
     if (s.IsNotFound()) return MissingReason(*t, key);
