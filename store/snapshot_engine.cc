@@ -13,7 +13,8 @@
 //      the directory. Any failure here fails exactly the batches of this rebuild: the temp
 //      is removed, STORE and the served table are untouched, the committer goes on.
 //      (A failed directory fsync after the rename leaves the outcome in doubt, as in any
-//      filesystem: the batches get the error, the new file is served.)
+//      filesystem: the batches get the error; the new file, which STORE now names, is
+//      served and announced to the listener like any other commit.)
 //   6. Publish the new table (one atomic pointer store), unlock, tell the change listener,
 //      then answer the batches.
 // Durable state: STORE always names a complete, fsynced table; a crash between 5's
@@ -426,7 +427,8 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       Answer(rejected);  // validation errors change nothing; answer them at once
       if (accepted.empty()) return;
 
-      auto built = WriteTable(overlay, gen, now);
+      Status failure;
+      auto built = WriteTable(overlay, gen, now, &failure);
       if (!built.ok()) {
         for (Pending* p : accepted) p->result = built.status();
         commit_errors_.fetch_add(accepted.size(), std::memory_order_relaxed);
@@ -434,9 +436,16 @@ class SnapshotEngineImpl final : public SnapshotEngine {
         return;
       }
       Publish(*built);
-      commits_.fetch_add(accepted.size(), std::memory_order_relaxed);
       rebuilds_.fetch_add(1, std::memory_order_relaxed);
       last_commit_duration_ns_.store(MonoNs() - start, std::memory_order_relaxed);
+      if (failure.ok()) {
+        commits_.fetch_add(accepted.size(), std::memory_order_relaxed);
+      } else {
+        // In doubt (the directory fsync failed after the rename): the new table is what
+        // STORE names, so it is served and announced, but the callers get the error.
+        for (Pending* p : accepted) p->result = failure;
+        commit_errors_.fetch_add(accepted.size(), std::memory_order_relaxed);
+      }
       {
         std::lock_guard<std::mutex> l(listener_mu_);
         if (listener_) {
@@ -453,9 +462,12 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     Answer(accepted);
   }
 
-  // Builds the merged table into a temp file and renames it over STORE.
+  // Builds the merged table into a temp file and renames it over STORE. An error before
+  // the rename is returned (nothing changed); a failed directory fsync after it returns
+  // the new table with *in_doubt set to the error.
   // REQUIRES: publish_mu_ and the store lock held.
-  StatusOr<TableRef> WriteTable(const Overlay& overlay, uint64_t gen, int64_t now) {
+  StatusOr<TableRef> WriteTable(const Overlay& overlay, uint64_t gen, int64_t now,
+                                Status* in_doubt) {
     const std::string tmp =
         path_ + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++temp_counter_);
     auto file = env_->NewExclusiveFile(tmp);
@@ -482,11 +494,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     (void)f->Close();
     if (fd < 0) return Status::FromErrno(errno, "dup");
     auto t = SnapshotTable::OpenFd(fd, path_);
-    if (!t.ok()) return t.status();
-    if (!sync_dir.ok()) {
-      Publish(*t);  // STORE already names it: serve what is on disk
-      return sync_dir;
-    }
+    *in_doubt = std::move(sync_dir);
     return t;
   }
 

@@ -95,8 +95,13 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
 
   // Sections in order, aligned, sized by their counts, inside the file.
   if (records_off_ != kSnapDataStart) return Corrupt("bad records offset", kHRecordsOff);
-  if (sorted_off_ < records_off_ || sorted_off_ % 8 != 0) {
+  // Every offset is checked against the file size before any arithmetic on it, so no sum
+  // below can wrap.
+  if (sorted_off_ < records_off_ || sorted_off_ > size_ || sorted_off_ % 8 != 0) {
     return Corrupt("bad sorted-index offset", kHSortedOff);
+  }
+  if (slots_off_ > size_ || bloom_off_ > size_ || sums_off_ > size_) {
+    return Corrupt("section offset beyond the end of the file", kHSlotsOff);
   }
   if (entry_count_ > (size_ - sorted_off_) / 8 ||
       (records_end_ - records_off_) / (kRecordFixed + 8 + kMetaSize) < entry_count_) {
@@ -112,8 +117,8 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
   if (slots_off_ < sorted_end || slots_off_ % 64 != 0 || !FitsIn(slots_off_, slots_bytes, size_)) {
     return Corrupt("bad hash-index offset", kHSlotsOff);
   }
-  if (bloom_k_ < 1 || bloom_k_ > 32) return Corrupt("bad bloom k", kHBloomK);
-  if (bloom_blocks_ < 1 || bloom_blocks_ > (uint64_t{1} << 32) ||
+  if (bloom_k_ != kBloomK) return Corrupt("bad bloom k", kHBloomK);
+  if (bloom_blocks_ < 1 || bloom_blocks_ > size_ / kBloomBlockBytes ||
       bloom_off_ < slots_off_ + slots_bytes || bloom_off_ % 64 != 0 ||
       !FitsIn(bloom_off_, bloom_blocks_ * kBloomBlockBytes, size_)) {
     return Corrupt("bad bloom filter offset or size", kHBloomOff);
@@ -122,7 +127,7 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
     return Corrupt("bad checksum-array offset", kHSumsOff);
   }
   chunk_count_ = (sums_off_ - kSnapDataStart + kChunkSize - 1) >> kChunkShift;
-  if (sums_off_ + 8 * chunk_count_ != size_) return Corrupt("bad checksum-array size", kHSumsOff);
+  if (size_ - sums_off_ != 8 * chunk_count_) return Corrupt("bad checksum-array size", kHSumsOff);
   if (Hash(base_ + sums_off_, 8 * chunk_count_) != Load64(h + kHSumsChecksum)) {
     return Corrupt("checksum-array checksum mismatch", sums_off_);
   }
@@ -162,7 +167,9 @@ Status SnapshotTable::DecodeRecord(uint64_t off, EntryRef* out) const {
   uint64_t klen = Load32(r);
   uint8_t type = r[4];
   uint64_t vlen = Load64(r + 8);
-  if (klen == 0 || klen > kMaxKeyLength || !ValidType(type)) return Corrupt("bad record", off);
+  if (klen == 0 || klen > kMaxKeyLength || !ValidType(type) || r[5] || r[6] || r[7]) {
+    return Corrupt("bad record", off);
+  }
   uint64_t meta = off + kRecordFixed + Align8(klen);
   if (vlen > records_end_ || !FitsIn(meta + kMetaSize, Align8(vlen), records_end_)) {
     return Corrupt("record value out of range", off);
@@ -171,6 +178,7 @@ Status SnapshotTable::DecodeRecord(uint64_t off, EntryRef* out) const {
   const uint8_t* m = base_ + meta;
   out->key = std::string_view(reinterpret_cast<const char*>(r + kRecordFixed), klen);
   out->meta.type = static_cast<EntryType>(type);
+  if (Load32(m) > 07777 || Load32(m + 12) != 0) return Corrupt("bad record metadata", meta);
   out->meta.mode = Load32(m);
   out->meta.uid = Load32(m + 4);
   out->meta.gid = Load32(m + 8);
@@ -278,6 +286,14 @@ Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
   };
   for (uint64_t c = 0; c < chunk_count_; ++c) KEYFS_RETURN_IF_ERROR(VerifyChunk(c));
   note("chunks: " + std::to_string(chunk_count_) + " checksums ok");
+  // Bytes the format says are zero (they lie outside every checksum or structure).
+  auto zeros = [&](uint64_t from, uint64_t to, const char* what) -> Status {
+    for (uint64_t i = from; i < to; ++i) {
+      if (base_[i] != 0) return Corrupt(what, i);
+    }
+    return Status::OK();
+  };
+  KEYFS_RETURN_IF_ERROR(zeros(kSnapHeaderSize, kSnapDataStart, "nonzero header padding"));
 
   // Records: consecutive, sorted, well-formed, zero padding, tree intact.
   uint64_t off = records_off_, values = 0;
@@ -288,8 +304,14 @@ Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
     const uint64_t p = sorted_off_ + 8 * i;
     if (Load64(base_ + p) != off) return Corrupt("sorted index does not match records", p);
     KEYFS_RETURN_IF_ERROR(DecodeRecord(off, &e));
-    const uint8_t* r = base_ + off;
-    if (r[5] || r[6] || r[7]) return Corrupt("nonzero record padding", off + 5);
+    const uint64_t key_end = off + kRecordFixed + e.key.size();
+    KEYFS_RETURN_IF_ERROR(
+        zeros(key_end, off + kRecordFixed + Align8(e.key.size()), "nonzero key padding"));
+    const uint64_t value_end =
+        static_cast<uint64_t>(reinterpret_cast<const uint8_t*>(e.value.data()) - base_) +
+        e.value.size();
+    KEYFS_RETURN_IF_ERROR(
+        zeros(value_end, off + RecordSize(e.key.size(), e.value.size()), "nonzero value padding"));
     Status ks = ValidateKey(e.key);
     if (!ks.ok()) return Corrupt(("invalid key (" + ks.ToString() + ")").c_str(), off);
     if (i > 0 && !(prev < e.key)) return Corrupt("keys out of order", off);
@@ -320,6 +342,11 @@ Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
     off += RecordSize(e.key.size(), e.value.size());
   }
   if (off != records_end_) return Corrupt("records section has trailing bytes", off);
+  const uint64_t slots_bytes = uint64_t{kSlotSize} << slot_bits_;
+  KEYFS_RETURN_IF_ERROR(zeros(sorted_off_ + 8 * entry_count_, slots_off_, "nonzero gap"));
+  KEYFS_RETURN_IF_ERROR(zeros(slots_off_ + slots_bytes, bloom_off_, "nonzero gap"));
+  KEYFS_RETURN_IF_ERROR(
+      zeros(bloom_off_ + bloom_blocks_ * kBloomBlockBytes, sums_off_, "nonzero gap"));
   if (values != value_bytes_) return Corrupt("value byte total does not match", kHValueBytes);
   note("records: " + std::to_string(entry_count_) + " entries, sorted, tree intact");
 
