@@ -19,7 +19,26 @@ using namespace format;  // NOLINT: the format's names are this file's vocabular
 
 namespace {
 
+// Reader policy (not format): tables of at most this many chunks are verified at open;
+// hash indexes up to this size are probed without the bloom filter.
+constexpr uint64_t kEagerChunks = 16;
+constexpr uint64_t kBloomSkipSlotBytes = 512 * 1024;
+
 bool ValidType(uint8_t t) { return t >= 1 && t <= 3; }
+
+// memcmp for short keys without the library call: 8 bytes at a time.
+inline bool SameBytes(const uint8_t* a, const char* b, size_t n) {
+  while (n >= 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a, 8);
+    std::memcpy(&y, b, 8);
+    if (x != y) return false;
+    a += 8;
+    b += 8;
+    n -= 8;
+  }
+  return std::memcmp(a, b, n) == 0;
+}
 
 // Overflow-safe "a + b <= limit".
 bool FitsIn(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
@@ -132,6 +151,14 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
     return Corrupt("checksum-array checksum mismatch", sums_off_);
   }
   verified_.reset(new std::atomic<uint64_t>[(chunk_count_ + 63) / 64]());
+  unverified_chunks_.store(chunk_count_, std::memory_order_relaxed);
+  all_verified_.store(chunk_count_ == 0, std::memory_order_relaxed);
+  use_bloom_ = slots_bytes > kBloomSkipSlotBytes;
+  // A small table is verified whole right away: a bounded cost (<= 256 KiB hashed) that
+  // keeps the per-chunk bookkeeping off its reads.
+  if (chunk_count_ <= kEagerChunks) {
+    for (uint64_t c = 0; c < chunk_count_; ++c) KEYFS_RETURN_IF_ERROR(VerifyChunk(c));
+  }
   return Status::OK();
 }
 
@@ -141,13 +168,17 @@ Status SnapshotTable::VerifyChunk(uint64_t chunk) const {
   if (Hash(base_ + off, len) != Load64(base_ + sums_off_ + 8 * chunk)) {
     return Corrupt(("checksum mismatch in chunk " + std::to_string(chunk)).c_str(), off);
   }
-  verified_[chunk / 64].fetch_or(uint64_t{1} << (chunk % 64), std::memory_order_relaxed);
+  const uint64_t bit = uint64_t{1} << (chunk % 64);
+  if (!(verified_[chunk / 64].fetch_or(bit, std::memory_order_relaxed) & bit) &&
+      unverified_chunks_.fetch_sub(1, std::memory_order_relaxed) == 1) {
+    all_verified_.store(true, std::memory_order_relaxed);
+  }
   return Status::OK();
 }
 
 inline Status SnapshotTable::Check(uint64_t off, uint64_t len, const char* what) const {
   if (off < kSnapDataStart || !FitsIn(off, len, sums_off_)) return Corrupt(what, off);
-  if (len == 0) return Status::OK();
+  if (len == 0 || all_verified_.load(std::memory_order_relaxed)) return Status::OK();
   uint64_t first = (off - kSnapDataStart) >> kChunkShift;
   uint64_t last = (off + len - 1 - kSnapDataStart) >> kChunkShift;
   for (uint64_t c = first; c <= last; ++c) {
@@ -189,28 +220,85 @@ Status SnapshotTable::DecodeRecord(uint64_t off, EntryRef* out) const {
   return Status::OK();
 }
 
-Status SnapshotTable::Find(std::string_view key, EntryRef* out) const {
-  const uint64_t h = HashKey(key);
-  // Bloom filter first: a miss usually ends here without touching the hash index.
+// The record at `roff` (its header already bounds-checked) if its key is `key`, with every
+// chunk it touches verified first; NotFound if the key differs.
+Status SnapshotTable::FindSlow(uint64_t roff, std::string_view key, EntryRef* out) const {
+  KEYFS_RETURN_IF_ERROR(DecodeRecord(roff, out));
+  return out->key == key ? Status::OK() : Status::NotFound();
+}
+
+bool SnapshotTable::BloomMayContain(uint64_t h) const {
+  // The bloom section was bounds-checked at open; its chunks are verified by the caller.
   const BloomProbe bp = Bloom(h, bloom_blocks_);
-  const uint64_t block_off = bloom_off_ + bp.block * kBloomBlockBytes;
-  KEYFS_RETURN_IF_ERROR(Check(block_off, kBloomBlockBytes, "bloom block"));
-  const uint8_t* block = base_ + block_off;
+  const uint8_t* block = base_ + bloom_off_ + bp.block * kBloomBlockBytes;
   uint32_t a = bp.a;
-  for (uint32_t i = 0; i < bloom_k_; ++i) {
-    uint32_t bit = a & 511;
-    if (!(block[bit >> 3] & (1u << (bit & 7)))) return Status::NotFound();
+  for (uint32_t i = 0; i < kBloomK; ++i) {
+    const uint32_t bit = a & 511;
+    if (!(block[bit >> 3] & (1u << (bit & 7)))) return false;
     a += bp.delta;
   }
+  return true;
+}
+
+Status SnapshotTable::Find(std::string_view key, EntryRef* out) const {
+  const uint64_t h = HashKey(key);
+  const bool verified = all_verified_.load(std::memory_order_relaxed);
+  if (use_bloom_) {
+    // A miss usually ends here without touching the hash index.
+    if (!verified) {
+      const BloomProbe bp = Bloom(h, bloom_blocks_);
+      KEYFS_RETURN_IF_ERROR(
+          Check(bloom_off_ + bp.block * kBloomBlockBytes, kBloomBlockBytes, "bloom block"));
+    }
+    if (!BloomMayContain(h)) return Status::NotFound();
+  }
+  const uint8_t* slots = base_ + slots_off_;  // inside the file: checked at open
   uint64_t slot = h & slot_mask_;
   for (uint64_t probes = 0; probes <= slot_mask_; ++probes) {
-    const uint64_t soff = slots_off_ + slot * kSlotSize;
-    KEYFS_RETURN_IF_ERROR(Check(soff, kSlotSize, "hash slot"));
-    const uint64_t roff = Load64(base_ + soff + 8);
+    if (!verified) {
+      KEYFS_RETURN_IF_ERROR(Check(slots_off_ + slot * kSlotSize, kSlotSize, "hash slot"));
+    }
+    const uint8_t* s = slots + slot * kSlotSize;
+    const uint64_t roff = Load64(s + 8);
     if (roff == 0) return Status::NotFound();
-    if (Load64(base_ + soff) == h) {
-      KEYFS_RETURN_IF_ERROR(DecodeRecord(roff, out));
-      if (out->key == key) return Status::OK();
+    if (Load64(s) == h) {
+      // Compare the key before decoding the rest of the record.
+      if (roff < records_off_ || roff % 8 != 0 || !FitsIn(roff, kRecordFixed, records_end_)) {
+        return Corrupt("record offset out of range", roff);
+      }
+      if (!verified) KEYFS_RETURN_IF_ERROR(Check(roff, kRecordFixed, "record header"));
+      const uint8_t* r = base_ + roff;
+      const uint32_t klen = Load32(r);
+      if (klen == 0 || klen > kMaxKeyLength) return Corrupt("bad record", roff);
+      if (klen == key.size() && FitsIn(roff + kRecordFixed, klen, records_end_)) {
+        if (!verified) {
+          Status fs = FindSlow(roff, key, out);
+          if (!fs.IsNotFound()) return fs;
+          slot = (slot + 1) & slot_mask_;
+          continue;
+        }
+        if (SameBytes(r + kRecordFixed, key.data(), klen)) {
+          // Verified table: decode in place, bounds-checking what the header says.
+          const uint8_t type = r[4];
+          const uint64_t vlen = Load64(r + 8);
+          const uint64_t meta = roff + kRecordFixed + Align8(klen);
+          if (!ValidType(type) || vlen > records_end_ ||
+              !FitsIn(meta + kMetaSize, Align8(vlen), records_end_)) {
+            return Corrupt("bad record", roff);
+          }
+          const uint8_t* m = base_ + meta;
+          out->key = std::string_view(reinterpret_cast<const char*>(r + kRecordFixed), klen);
+          out->meta.type = static_cast<EntryType>(type);
+          out->meta.mode = Load32(m) & 07777;
+          out->meta.uid = Load32(m + 4);
+          out->meta.gid = Load32(m + 8);
+          out->meta.mtime_ns = static_cast<int64_t>(Load64(m + 16));
+          out->meta.ctime_ns = static_cast<int64_t>(Load64(m + 24));
+          out->version = Load64(m + 32);
+          out->value = std::string_view(reinterpret_cast<const char*>(m + kMetaSize), vlen);
+          return Status::OK();
+        }
+      }
     }
     slot = (slot + 1) & slot_mask_;
   }
@@ -298,7 +386,6 @@ Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
   // Records: consecutive, sorted, well-formed, zero padding, tree intact.
   uint64_t off = records_off_, values = 0;
   std::string prev;
-  std::vector<std::string> dirs;  // stack of directory keys that are ancestors so far
   EntryRef e;
   for (uint64_t i = 0; i < entry_count_; ++i) {
     const uint64_t p = sorted_off_ + 8 * i;
@@ -320,17 +407,19 @@ Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
       return Corrupt("directory with a value", off);
     }
     std::string_view parent = ParentKey(e.key);
-    while (!dirs.empty() &&
-           !(parent.size() >= dirs.back().size() &&
-             parent.compare(0, dirs.back().size(), dirs.back()) == 0 &&
-             (parent.size() == dirs.back().size() || parent[dirs.back().size()] == '/'))) {
-      dirs.pop_back();
+    if (!parent.empty()) {
+      // Siblings like "a-b" sort between "a" and "a/b", so look the parent up.
+      EntryRef p;
+      Status ps = Find(parent, &p);
+      if (!ps.ok() && !ps.IsNotFound()) return ps;
+      if (!ps.ok() || p.meta.type != EntryType::kDir) {
+        return Corrupt(("parent of '" + std::string(e.key) + "' is not a directory").c_str(), off);
+      }
     }
-    if (!parent.empty() && (dirs.empty() || dirs.back() != parent)) {
-      return Corrupt(("parent of '" + std::string(e.key) + "' is not a directory").c_str(), off);
-    }
-    if (e.meta.type == EntryType::kDir) dirs.emplace_back(e.key);
     // Lookup through the hash index and bloom filter must find this very record.
+    if (!BloomMayContain(HashKey(e.key))) {
+      return Corrupt(("bloom filter misses key '" + std::string(e.key) + "'").c_str(), off);
+    }
     EntryRef found;
     Status fs = Find(e.key, &found);
     if (!fs.ok() || found.key.data() != e.key.data()) {

@@ -77,6 +77,8 @@ class SnapshotTable {
   // Ensures bytes [off, off+len) are inside the data area and their chunks verified.
   Status Check(uint64_t off, uint64_t len, const char* what) const;
   Status VerifyChunk(uint64_t chunk) const;
+  bool BloomMayContain(uint64_t h) const;
+  Status FindSlow(uint64_t roff, std::string_view key, EntryRef* out) const;
   Status DecodeRecord(uint64_t off, EntryRef* out) const;
   Status Corrupt(const char* what, uint64_t off) const;
 
@@ -103,6 +105,12 @@ class SnapshotTable {
   // One bit per chunk: set once its checksum matched. Chunks never change, so relaxed
   // atomics suffice; two threads verifying one chunk at once is harmless.
   std::unique_ptr<std::atomic<uint64_t>[]> verified_;
+  mutable std::atomic<uint64_t> unverified_chunks_{0};
+  // Set once every chunk has been verified: from then on reads skip the per-chunk bits.
+  mutable std::atomic<bool> all_verified_{false};
+  // Small tables skip the bloom filter: their hash index is in cache anyway, and a hit
+  // would pay for both.
+  bool use_bloom_ = true;
 };
 
 using TableRef = std::shared_ptr<const SnapshotTable>;
