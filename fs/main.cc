@@ -27,7 +27,8 @@ namespace {
 constexpr const char* kVersion = "0.1.0";
 
 struct Options {
-  char* store = nullptr;  // first non-option argument
+  char* store = nullptr;       // first non-option argument
+  char* mountpoint = nullptr;  // second (also left for libfuse)
   int create = 0;
   char* engine = nullptr;
   unsigned sync_interval = 30;
@@ -63,6 +64,7 @@ int OptProc(void* data, const char* arg, int key, fuse_args*) {
         o->store = strdup(arg);
         return 0;  // ours: libfuse only sees the mountpoint
       }
+      if (o->mountpoint == nullptr) o->mountpoint = strdup(arg);
       return 1;
     case FUSE_OPT_KEY_OPT:
       if (std::strcmp(arg, "ro") == 0) o->ro = 1;  // ours, and the kernel's too
@@ -221,13 +223,22 @@ int main(int argc, char** argv) {
     std::printf("keyfs %s (libfuse %s)\n", kVersion, fuse_pkgversion());
     return 0;
   }
-  fuse_cmdline_opts cmd;
-  std::memset(&cmd, 0, sizeof(cmd));
-  if (fuse_parse_cmdline(&args, &cmd) != 0) Die("bad options (see keyfs --help)");
-  if (o.store == nullptr || cmd.mountpoint == nullptr) {
+  if (o.store == nullptr || o.mountpoint == nullptr) {
     std::fprintf(stderr, "keyfs: usage: keyfs STORE MOUNTPOINT [-f] [-o OPTIONS] (see --help)\n");
     return 2;
   }
+  {
+    // Before libfuse looks at it, so the one line is ours.
+    struct stat mst;
+    if (stat(o.mountpoint, &mst) != 0) {
+      Die(std::string("mountpoint ") + o.mountpoint + ": " + strerror(errno));
+    }
+    if (!S_ISDIR(mst.st_mode))
+      Die(std::string("mountpoint ") + o.mountpoint + " is not a directory");
+  }
+  fuse_cmdline_opts cmd;
+  std::memset(&cmd, 0, sizeof(cmd));
+  if (fuse_parse_cmdline(&args, &cmd) != 0) Die("bad options (see keyfs --help)");
   const std::string store = AbsolutePath(o.store);
   const std::string mountpoint = cmd.mountpoint;
   const bool foreground = cmd.foreground || cmd.debug;
@@ -244,9 +255,6 @@ int main(int argc, char** argv) {
     open_options.kind = *kind;
     open_options.kind_given = true;
   }
-  struct stat st;
-  if (stat(mountpoint.c_str(), &st) != 0) Die("mountpoint " + mountpoint + ": " + strerror(errno));
-  if (!S_ISDIR(st.st_mode)) Die("mountpoint " + mountpoint + " is not a directory");
   if (access("/dev/fuse", R_OK | W_OK) != 0) {
     Die(std::string("FUSE unavailable: /dev/fuse: ") + strerror(errno));
   }
@@ -303,6 +311,7 @@ int main(int argc, char** argv) {
   }
   fuse_opt_free_args(&args);
   free(o.store);
+  free(o.mountpoint);
   free(cmd.mountpoint);
   return status;
 }
