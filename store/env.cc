@@ -54,6 +54,13 @@ class PosixWritableFile final : public WritableFile {
 
   int fd() const override { return fd_; }
 
+  Status Truncate(uint64_t size) override {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      return Status::FromErrno(errno, "truncate " + path_);
+    }
+    return Status::OK();
+  }
+
  private:
   int fd_;
   std::string path_;
@@ -82,6 +89,19 @@ class PosixEnv final : public Env {
     int err = errno;
     ::close(fd);
     if (r != 0) return Status::FromErrno(err, "fsync directory " + dir);
+    return Status::OK();
+  }
+
+  StatusOr<std::unique_ptr<WritableFile>> ReopenForRewrite(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return Status::FromErrno(errno, "open " + path);
+    return std::unique_ptr<WritableFile>(new PosixWritableFile(fd, path));
+  }
+
+  Status Link(const std::string& from, const std::string& to) override {
+    if (::link(from.c_str(), to.c_str()) != 0) {
+      return Status::FromErrno(errno, "link " + from + " to " + to);
+    }
     return Status::OK();
   }
 

@@ -1,6 +1,7 @@
 // SnapshotTable: reads one mmap'd snapshot file (FORMAT.md §2). Opening checks only the
 // header and the chunk-checksum array; each 16 KiB chunk is verified on first access.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,9 +47,23 @@ bool FitsIn(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= 
 }  // namespace
 
 StatusOr<TableRef> SnapshotTable::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, path);
-  return OpenFd(fd, path);
+  // A reader holds flock(LOCK_SH) on its table's file while it maps it: a writer only
+  // recycles a retired file it can lock exclusively. The lock is taken, then the file is
+  // checked to still be what `path` names (a recycled file is renamed over STORE only
+  // once complete, so what passes the check is whole).
+  for (int attempt = 0;; ++attempt) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno(errno, path);
+    while (::flock(fd, LOCK_SH) != 0 && errno == EINTR) {
+    }
+    struct stat a, b;
+    if (::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 &&
+        (a.st_dev != b.st_dev || a.st_ino != b.st_ino) && attempt < 100) {
+      ::close(fd);  // replaced meanwhile: take the newer one
+      continue;
+    }
+    return OpenFd(fd, path);
+  }
 }
 
 StatusOr<TableRef> SnapshotTable::OpenFd(int fd, const std::string& path) {
@@ -70,6 +85,9 @@ Status SnapshotTable::Corrupt(const char* what, uint64_t off) const {
 Status SnapshotTable::Init(int fd, const std::string& path) {
   fd_ = fd;
   path_ = path;
+  // Hold a shared lock while mapped (see Open); on the writer's own new file this
+  // converts its exclusive lock.
+  (void)::flock(fd, LOCK_SH | LOCK_NB);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + ": not a regular file");

@@ -23,6 +23,11 @@ class WritableFile {
   virtual Status Sync() = 0;
   // Closes the descriptor. Further calls fail.
   virtual Status Close() = 0;
+  // Cuts or extends the file to `size` bytes. Default: NotSupported.
+  virtual Status Truncate(uint64_t size) {
+    (void)size;
+    return Status::NotSupported("truncate");
+  }
   // The descriptor, still open (for mmap after writing); -1 after Close().
   virtual int fd() const = 0;
 };
@@ -40,6 +45,20 @@ class Env {
   // fsync of a directory, so a rename in it is durable.
   virtual Status SyncDir(const std::string& dir) = 0;
   virtual Status RemoveFile(const std::string& path) = 0;
+
+  // Optional, for recycling retired snapshot files (an Env without them makes the engine
+  // write a fresh file per commit). Default: NotSupported.
+  // Opens an existing file read-write for rewriting in place (no O_TRUNC).
+  virtual StatusOr<std::unique_ptr<WritableFile>> ReopenForRewrite(const std::string& path) {
+    (void)path;
+    return Status::NotSupported("rewrite in place");
+  }
+  // link(2): a second name for `from`'s file. AlreadyExists if `to` exists.
+  virtual Status Link(const std::string& from, const std::string& to) {
+    (void)from;
+    (void)to;
+    return Status::NotSupported("link");
+  }
 };
 
 }  // namespace keyfs
