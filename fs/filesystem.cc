@@ -582,7 +582,7 @@ struct Filesystem::Impl {
       node_ino = n.ino;
       if (n.type == EntryType::kDir || n.rec.value == rec->value || n.writers > 0) {
         n.version = rec->version;
-        n.rec = *rec;
+        n.rec = CompactRecord(*rec);
       }
     });
     struct stat st;

@@ -7,11 +7,27 @@
 namespace keyfs::fs {
 
 namespace {
+constexpr size_t kCopyValueBytes = 64 * 1024;
+
 bool AtOrBelow(std::string_view key, std::string_view root) {
   if (key.size() < root.size() || key.compare(0, root.size(), root) != 0) return false;
   return key.size() == root.size() || key[root.size()] == '/';
 }
 }  // namespace
+
+Record CompactRecord(const Record& rec) {
+  Record r = rec;
+  if (rec.meta.type == EntryType::kDir) {
+    r.pin.reset();  // dirs keep no table alive
+  } else if (rec.value.size() <= kCopyValueBytes) {
+    // The kernel may keep a node for a long time; a small value is copied so the node
+    // does not keep a whole store table (and its file) alive.
+    auto copy = std::make_shared<const std::string>(rec.value);
+    r.value = *copy;
+    r.pin = std::move(copy);
+  }
+  return r;
+}
 
 InodeTable::InodeTable() {
   auto root = std::make_unique<Node>();
@@ -42,8 +58,7 @@ Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
   n->ino = InoForLocked(key);
   n->type = rec.meta.type;
   n->version = rec.version;
-  n->rec = rec;
-  if (n->type == EntryType::kDir) n->rec.pin.reset();  // dirs keep no table alive
+  n->rec = CompactRecord(rec);
   Node* raw = n.get();
   by_key_[key].push_back(raw);
   nodes_[raw->id] = std::move(n);

@@ -44,6 +44,10 @@ struct Node {
   bool unlinked = false;        // removed through this mount: pending writes are dropped
 };
 
+// The record a node keeps: small values copied (so nodes the kernel keeps for long do not
+// pin whole store tables), large ones pinned in place.
+Record CompactRecord(const Record& rec);
+
 // Thread-safety: every method locks the table's mutex; Node fields are protected by it
 // too (callers use WithNode / Locked for multi-field updates).
 class InodeTable {
