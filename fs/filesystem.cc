@@ -159,12 +159,23 @@ struct Handle {
   uint64_t edits = 0;      // bumps on every change, to tell if a commit covered them
   Meta create_meta;        // for a file this handle created
   std::string text;        // stats
+  // References: the kernel's (dropped at RELEASE) plus one per queued job using it, so a
+  // FLUSH still committing on a worker never sees the handle freed by a racing RELEASE.
+  std::atomic<int> refs{1};
   // Directory cursor: the offset the next readdir continues at, and the last name.
   off_t next_off = 0;
   std::string last_name;
 };
 
 constexpr size_t kPaddedStatsSize = 4096;
+
+Handle* Ref(Handle* h) {
+  h->refs.fetch_add(1, std::memory_order_relaxed);
+  return h;
+}
+void Unref(Handle* h) {
+  if (h->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete h;
+}
 
 struct Filesystem::Impl {
   Impl(Engine* e, Config c) : engine(e), config(c) {}
@@ -514,8 +525,15 @@ struct Filesystem::Impl {
     }
     const struct stat a = *attr;
     const uid_t caller_uid = fuse_req_ctx(req)->uid;
+    if (to_set == FUSE_SET_ATTR_SIZE && wh != nullptr) {
+      // open(O_TRUNC) or ftruncate on a write handle: its private copy only, no commit.
+      if (int err = DoSetAttr(req, ino, a, to_set, wh, caller_uid)) fuse_reply_err(req, err);
+      return;
+    }
+    if (wh != nullptr) Ref(wh);
     Async(req, [this, req, ino, a, to_set, wh, caller_uid] {
       int err = DoSetAttr(req, ino, a, to_set, wh, caller_uid);
+      if (wh != nullptr) Unref(wh);
       if (err) fuse_reply_err(req, err);
     });
   }
@@ -832,11 +850,13 @@ struct Filesystem::Impl {
         return;
       }
     }
+    Ref(h);
     Async(req, [this, req, h] {
       bool committed;
       int err = CommitHandle(h, &committed);
       std::string key;
       if (committed && table.KeyOf(h->node, &key)) InvalidateNow(key);
+      Unref(h);
       fuse_reply_err(req, err);
     });
   }
@@ -849,7 +869,19 @@ struct Filesystem::Impl {
     }
     if (h->kind != Handle::Kind::kWriter) {
       if (h->kind == Handle::Kind::kReader) table.CloseHandle(ino, h->cached, false);
-      delete h;
+      Unref(h);
+      fuse_reply_err(req, 0);
+      return;
+    }
+    bool pending;
+    {
+      std::lock_guard<std::mutex> l(h->mu);
+      pending = h->dirty || h->truncated;
+    }
+    if (!pending) {  // everything was committed at FLUSH: nothing here blocks
+      UnregisterWriter(h);
+      table.CloseHandle(ino, false, true);
+      Unref(h);
       fuse_reply_err(req, 0);
       return;
     }
@@ -861,13 +893,13 @@ struct Filesystem::Impl {
       if (committed && table.KeyOf(ino, &key)) InvalidateNow(key);
       UnregisterWriter(h);
       table.CloseHandle(ino, false, true);
-      delete h;
+      Unref(h);
       fuse_reply_err(req, 0);
     });
   }
 
   void Fsync(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    auto* h = fi != nullptr ? reinterpret_cast<Handle*>(fi->fh) : nullptr;
+    auto* h = fi != nullptr && fi->fh != 0 ? Ref(reinterpret_cast<Handle*>(fi->fh)) : nullptr;
     Async(req, [this, req, ino, h] {
       int err = 0;
       if (h != nullptr && h->kind == Handle::Kind::kWriter) {
@@ -876,6 +908,7 @@ struct Filesystem::Impl {
         std::string key;
         if (committed && table.KeyOf(ino, &key)) InvalidateNow(key);
       }
+      if (h != nullptr) Unref(h);
       if (err == 0) {
         Status s = engine->Sync();
         if (!s.ok()) err = StatusToErrno(s);

@@ -15,7 +15,9 @@ struct Config {
   // How long the kernel may cache entries and attributes. Every change is invalidated
   // explicitly, so this can be long.
   double cache_timeout_s = 86400;
-  unsigned workers = 4;  // threads for requests that commit
+  // Threads for requests that commit: as many as writers that should share one group
+  // commit (they mostly wait on the committer).
+  unsigned workers = 32;
 };
 
 // Maps a store Status to the errno a syscall should return.
