@@ -154,11 +154,12 @@ struct Handle {
   std::mutex mu;  // writer fields below
   std::string buf;
   bool append = false;
-  bool dirty = false;      // written since the last commit
-  bool truncated = false;  // size changed since the last commit
-  uint64_t edits = 0;      // bumps on every change, to tell if a commit covered them
-  Meta create_meta;        // for a file this handle created
-  std::string text;        // stats
+  bool dirty = false;          // written since the last commit
+  bool truncated = false;      // size changed since the last commit
+  uint64_t edits = 0;          // bumps on every change, to tell if a commit covered them
+  Meta create_meta;            // for a file this handle created
+  int64_t explicit_mtime = 0;  // set by utimens after the last write: the commit keeps it
+  std::string text;            // stats
   // References: the kernel's (dropped at RELEASE) plus one per queued job using it, so a
   // FLUSH still committing on a worker never sees the handle freed by a racing RELEASE.
   std::atomic<int> refs{1};
@@ -366,12 +367,14 @@ struct Filesystem::Impl {
     std::string key;
     std::string value;
     uint64_t edits;
+    int64_t mtime;
     bool unlinked = false;
     {
       std::lock_guard<std::mutex> l(h->mu);
       if (!h->dirty && !h->truncated) return 0;
       value = h->buf;
       edits = h->edits;
+      mtime = h->explicit_mtime;
     }
     table.WithNode(h->node, [&](Node& n) {
       key = n.key;
@@ -383,11 +386,20 @@ struct Filesystem::Impl {
       auto cur = engine->Get(key);
       if (cur.ok() && cur->meta.type == EntryType::kFile) meta = cur->meta;
       meta.type = EntryType::kFile;
-      meta.mtime_ns = 0;  // the commit's time
+      meta.mtime_ns = mtime;  // 0: the commit's time
       Status s = Commit(Batch().Put(key, std::move(value), meta));
       if (!s.ok()) return StatusToErrno(s);
       spdlog::debug("committed {}", key);
       *committed = true;
+      // The writer's node (tainted: no page-cache reader uses it) now shows the value it
+      // committed, for stat and for direct-io readers of it.
+      auto now = engine->Get(key);
+      if (now.ok()) {
+        table.WithNode(h->node, [&](Node& n) {
+          n.version = now->version;
+          n.rec = CompactRecord(*now);
+        });
+      }
     }
     std::lock_guard<std::mutex> l(h->mu);
     if (h->edits == edits) h->dirty = h->truncated = false;
@@ -457,20 +469,36 @@ struct Filesystem::Impl {
       fuse_reply_attr(req, &st, 1);
       return;
     }
-    if (fi != nullptr && fi->fh != 0) {
-      auto* h = reinterpret_cast<Handle*>(fi->fh);
-      if (h->kind == Handle::Kind::kWriter) {
-        Meta meta;
-        uint64_t node_ino = 0;
-        table.WithNode(ino, [&](Node& n) {
-          meta = n.rec.meta;
-          node_ino = n.ino;
-        });
-        std::lock_guard<std::mutex> l(h->mu);
-        FillAttr(node_ino, meta, h->buf.size(), &st);
-        fuse_reply_attr(req, &st, timeout());
-        return;
+    // fstat comes without a handle (the kernel sends none for it): the writing process
+    // gets its own handle's size, uncached, as on a local filesystem.
+    Handle* writer = nullptr;
+    {
+      std::lock_guard<std::mutex> l(writers_mu);
+      auto* own = fi != nullptr ? reinterpret_cast<Handle*>(fi->fh) : nullptr;
+      if (own != nullptr && own->kind == Handle::Kind::kWriter) {
+        writer = Ref(own);
+      } else if (auto it = writers.find(ino); it != writers.end()) {
+        // Only the writing process sees its uncommitted size; everyone else the committed.
+        const pid_t pid = fuse_req_ctx(req)->pid;
+        for (auto h = it->second.rbegin(); h != it->second.rend() && writer == nullptr; ++h) {
+          if ((*h)->pid == pid) writer = Ref(*h);
+        }
       }
+    }
+    if (writer != nullptr) {
+      Meta meta;
+      uint64_t node_ino = 0;
+      table.WithNode(ino, [&](Node& n) {
+        meta = n.rec.meta;
+        node_ino = n.ino;
+      });
+      {
+        std::lock_guard<std::mutex> l(writer->mu);
+        FillAttr(node_ino, meta, writer->buf.size(), &st);
+      }
+      Unref(writer);
+      fuse_reply_attr(req, &st, 0);
+      return;
     }
     Node copy;
     bool found = table.WithNode(ino, [&](Node& n) {
@@ -520,7 +548,8 @@ struct Filesystem::Impl {
         reinterpret_cast<Handle*>(fi->fh)->kind == Handle::Kind::kWriter) {
       wh = reinterpret_cast<Handle*>(fi->fh);
     }
-    if ((to_set & FUSE_SET_ATTR_SIZE) && wh == nullptr) {
+    if ((to_set & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) &&
+        wh == nullptr) {
       wh = WriterFor(ino, fuse_req_ctx(req)->pid);
     }
     const struct stat a = *attr;
@@ -590,6 +619,9 @@ struct Filesystem::Impl {
       if (wh != nullptr) {
         std::lock_guard<std::mutex> l(wh->mu);
         wh->create_meta = m;
+        if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+          wh->explicit_mtime = m.mtime_ns;  // cp -a / tar set times before close
+        }
       }
     }
     // Reply with what the key now is; the node follows when its content is unchanged.
@@ -597,11 +629,11 @@ struct Filesystem::Impl {
     if (!rec.ok()) return StatusToErrno(rec.status());
     uint64_t node_ino = 0;
     table.WithNode(ino, [&](Node& n) {
+      // The node now shows what the key is: a setattr changes the file in place, as on
+      // any filesystem (the kernel applies our reply to this inode anyway).
       node_ino = n.ino;
-      if (n.type == EntryType::kDir || n.rec.value == rec->value || n.writers > 0) {
-        n.version = rec->version;
-        n.rec = CompactRecord(*rec);
-      }
+      n.version = rec->version;
+      n.rec = CompactRecord(*rec);
     });
     struct stat st;
     FillAttr(node_ino, rec->meta, size_override != UINT64_MAX ? size_override : rec->value.size(),
@@ -731,6 +763,9 @@ struct Filesystem::Impl {
     }
     if (write) {
       table.WriterOpened(key);
+      // fstat/lseek on the writer's fd must see its own size: drop the attributes the
+      // kernel caches for this node (attributes only: no lock is taken for that).
+      if (session != nullptr) fuse_lowlevel_notify_inval_inode(session, ino, -1, 0);
       h->append = fi->flags & O_APPEND;
       fi->direct_io = 1;  // writes come to us; no page cache shared with readers
       RegisterWriter(h.get());
@@ -825,6 +860,7 @@ struct Filesystem::Impl {
       if (at + size > h->buf.size()) h->buf.resize(at + size);
       std::memcpy(h->buf.data() + at, buf, size);
       h->dirty = true;
+      h->explicit_mtime = 0;  // a write after utimens makes the mtime "now" again
       ++h->edits;
     }
     fuse_reply_write(req, size);
@@ -885,17 +921,24 @@ struct Filesystem::Impl {
       fuse_reply_err(req, 0);
       return;
     }
-    Async(req, [this, req, ino, h] {
-      bool committed;
-      int err = CommitHandle(h, &committed);  // a truncate-only handle commits here
-      if (err != 0) spdlog::error("release: commit of a closed file failed: {}", strerror(err));
-      std::string key;
-      if (committed && table.KeyOf(ino, &key)) InvalidateNow(key);
-      UnregisterWriter(h);
-      table.CloseHandle(ino, false, true);
-      Unref(h);
-      fuse_reply_err(req, 0);
-    });
+    // A truncate-only handle (`: > k`, open(O_TRUNC) + close) commits here. RELEASE is
+    // asynchronous to close(), so the commit runs right here on the loop thread: requests
+    // that follow the close (a reader's LOOKUP/OPEN) are handled after it. The kernel's
+    // dentry is invalidated by the notifier (inval_entry here could wait on a directory
+    // lock held by a request queued behind this one).
+    bool committed;
+    int err = CommitHandle(h, &committed);
+    if (err != 0) spdlog::error("release: commit of a closed file failed: {}", strerror(err));
+    std::string key;
+    if (committed && table.KeyOf(ino, &key)) {
+      if (uint64_t parent = table.DirId(std::string(ParentKey(key)))) {
+        QueueInval(parent, std::string(BaseName(key)));
+      }
+    }
+    UnregisterWriter(h);
+    table.CloseHandle(ino, false, true);
+    Unref(h);
+    fuse_reply_err(req, 0);
   }
 
   void Fsync(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -1054,7 +1097,8 @@ struct Filesystem::Impl {
       std::memset(&e, 0, sizeof(e));
       e.ino = id;
       e.generation = 1;
-      e.attr_timeout = e.entry_timeout = timeout();
+      e.entry_timeout = timeout();
+      e.attr_timeout = 0;  // the writer's size changes with its writes: fstat asks us
       FillAttr(ino, rec->meta, rec->value.size(), &e.attr);
       if (fuse_reply_create(req, &e, &f) != 0) {
         // The kernel did not take the handle (interrupted): undo it.

@@ -509,6 +509,15 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     if (!s.ok()) {
       (void)f->Close();
       if (linked) (void)env_->RemoveFile(spare);  // STORE still names that file
+      if (s.code() == Status::Code::kNoSpace) {
+        // Spares hold blocks: give them back so the next commit has room.
+        for (const std::string& name : spares_) (void)env_->RemoveFile(name);
+        spares_.clear();
+        if (recycled) {
+          (void)env_->RemoveFile(target);
+          return s;
+        }
+      }
       if (recycled) {
         spares_.push_back(target);  // its content is garbage; it is still a spare
       } else {
