@@ -90,4 +90,119 @@ inline uint64_t Load64(const uint8_t* p) {
 inline void Store32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 inline void Store64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
 
+// ---- dets (FORMAT.md §3) ----
+constexpr char kDetsMagic[8] = {'K', 'E', 'Y', 'F', 'S', 'D', 'E', 'T'};
+constexpr uint32_t kDetsVersion = 1;
+inline uint16_t Load16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline void Store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+constexpr uint64_t kDetsPrefixSize = 64;  // magic, version, zeros; bucket 0 starts here
+constexpr uint32_t kDetsBuckets = 256;    // picked by the top byte of the key hash
+constexpr uint32_t kDetsEntryFixed = 56;  // entry bytes before the key
+constexpr uint32_t kDetsEntryOverhead = kDetsEntryFixed;  // an entry is this + key + value
+constexpr uint32_t kDetsSlotSize = 16;                    // hash, entry offset
+constexpr uint32_t kDetsMinSlotBits = 2;
+constexpr uint32_t kDetsMaxSlotBits = 40;
+constexpr uint32_t kDetsBloomBitsPerKey = 10;
+constexpr uint32_t kDetsBloomK = 7;
+constexpr uint32_t kDetsBloomBlockBytes = 64;
+constexpr uint64_t kDetsChunkSize = 4096;     // checksum chunks of a bucket
+constexpr uint64_t kDetsKeyBlockSize = 4096;  // target size of a key index block
+constexpr uint32_t kDetsKeyDirEntrySize = 24;
+constexpr uint32_t kDetsHeaderFixed = 128;
+constexpr uint32_t kDetsBucketDescSize = 48;
+constexpr uint32_t kDetsHeaderSize = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize + 8;
+constexpr uint64_t kDetsFooterSize = 8;  // the header's offset, the file's last 8 bytes
+
+// Entry field offsets (FORMAT.md §3.3).
+enum DetsEntryField : uint32_t {
+  kEHash = 0,
+  kESize = 8,
+  kEVersion = 16,
+  kEMtime = 24,
+  kECtime = 32,
+  kEUid = 40,
+  kEGid = 44,
+  kEMode = 48,
+  kEType = 50,
+  kEZero1 = 51,
+  kEKeyLen = 52,
+  kEZero2 = 54,
+  kEKey = 56,
+};
+
+// Header field offsets (FORMAT.md §3.2).
+enum DetsHeaderField : uint32_t {
+  kDHMagic = 0,
+  kDHVersion = 8,
+  kDHHeaderSize = 12,
+  kDHFileSize = 16,
+  kDHGeneration = 24,
+  kDHSyncTime = 32,
+  kDHEntryCount = 40,
+  kDHFiles = 48,
+  kDHDirs = 56,
+  kDHSymlinks = 64,
+  kDHValueBytes = 72,
+  kDHLastVersion = 80,
+  kDHKeyIndexOff = 88,
+  kDHKeyDirOff = 96,
+  kDHKeyBlocks = 104,
+  kDHKeyDirChecksum = 112,
+  kDHBloomK = 120,
+  kDHZero = 124,
+  kDHBuckets = 128,
+  kDHChecksum = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize,
+};
+
+// Bucket descriptor field offsets, relative to the descriptor.
+enum DetsBucketField : uint32_t {
+  kBEntriesOff = 0,
+  kBEntriesEnd = 8,
+  kBCount = 16,
+  kBIndexOff = 24,
+  kBSlotBits = 32,
+  kBZero = 36,
+  kBBloomBlocks = 40,
+};
+
+// The number of slot bits of a bucket holding n > 0 entries: the smallest k >= 2 with
+// 2^k >= 1.3 n + 1 (load at most 0.77, as DetsPlus).
+inline uint32_t DetsSlotBits(uint64_t n) {
+  uint32_t k = kDetsMinSlotBits;
+  while ((uint64_t{10} << k) < 13 * n + 10) ++k;
+  return k;
+}
+// The slot a hash starts probing at: the k bits after the top byte, so slot order is hash
+// order within a bucket.
+inline uint64_t DetsSlot(uint64_t h, uint32_t slot_bits) { return (h << 8) >> (64 - slot_bits); }
+inline uint64_t DetsBloomBlocks(uint64_t n) { return (n * kDetsBloomBitsPerKey + 511) / 512; }
+
+// LEB128 varints of the key index.
+inline size_t PutVarint(uint8_t* p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = static_cast<uint8_t>(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = static_cast<uint8_t>(v);
+  return n;
+}
+// Decodes a varint of at most 3 bytes from [p, end). Returns the bytes used, 0 if malformed.
+inline size_t GetVarint(const uint8_t* p, const uint8_t* end, uint64_t* v) {
+  uint64_t r = 0;
+  for (size_t i = 0; i < 3 && p + i < end; ++i) {
+    r |= uint64_t{p[i] & 0x7fu} << (7 * i);
+    if (!(p[i] & 0x80)) {
+      *v = r;
+      return i + 1;
+    }
+  }
+  return 0;
+}
+
 }  // namespace keyfs::format

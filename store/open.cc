@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "dets_engine.h"
 #include "format.h"
 #include "keyfs/store/engine.h"
 #include "keyfs/store/snapshot.h"
@@ -21,6 +22,7 @@ StatusOr<EngineKind> DetectEngine(const std::string& path) {
   ::close(fd);
   if (n < 0) return Status::FromErrno(err, "read " + path);
   if (n == 8 && std::memcmp(magic, format::kSnapMagic, 8) == 0) return EngineKind::kSnapshot;
+  if (n == 8 && std::memcmp(magic, format::kDetsMagic, 8) == 0) return EngineKind::kDets;
   return Status::Corruption(path + ": not a keyfs store (unknown magic)");
 }
 
@@ -29,7 +31,7 @@ Status CreateStore(const std::string& path, EngineKind kind, Env* env) {
     case EngineKind::kSnapshot:
       return CreateSnapshotStore(path, env);
     case EngineKind::kDets:
-      return Status::NotSupported("the dets engine is not available yet");
+      return CreateDetsStore(path, env);
   }
   return Status::InvalidArgument("unknown engine");
 }
@@ -50,15 +52,15 @@ StatusOr<std::unique_ptr<Engine>> OpenStore(const std::string& path, const OpenO
     case EngineKind::kSnapshot:
       return OpenSnapshotEngine(path, options);
     case EngineKind::kDets:
-      break;
+      return OpenDetsEngine(path, options);
   }
-  return Status::NotSupported("the dets engine is not available yet");
+  return Status::InvalidArgument("unknown engine");
 }
 
 Status VerifyStore(const std::string& path, std::vector<std::string>* report) {
   auto kind = DetectEngine(path);
   if (!kind.ok()) return kind.status();
-  if (*kind != EngineKind::kSnapshot) return Status::NotSupported("dets verify");
+  if (*kind == EngineKind::kDets) return VerifyDetsStore(path, report);
   auto t = SnapshotTable::Open(path);
   if (!t.ok()) return t.status();
   if (report) {

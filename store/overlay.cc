@@ -1,4 +1,5 @@
-// Overlay: tree semantics of a batch applied on top of a base table.
+// Tree semantics of a mutation (ApplyMutation, for both engines) and Overlay, the snapshot
+// engine's batch of changes on top of a base table.
 #include "overlay.h"
 
 namespace keyfs {
@@ -22,7 +23,152 @@ bool IsBelow(std::string_view key, std::string_view dir) {
 
 std::string Quote(std::string_view key) { return "'" + std::string(key) + "'"; }
 
+// OK if `key`'s parent exists as a directory (creating it, and its missing ancestors, with
+// mode 0755 and the owner of `meta` if make_parents).
+Status CheckParent(MutableTree& tree, std::string_view key, bool make_parents, const Meta& meta,
+                   uint64_t version, int64_t now_ns) {
+  std::string_view parent = ParentKey(key);
+  if (parent.empty()) return Status::OK();
+  TreeValue v;
+  Status s = tree.Lookup(parent, &v);
+  if (s.ok()) {
+    if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(parent));
+    return Status::OK();
+  }
+  if (!s.IsNotFound()) return s;
+  if (!make_parents) {
+    // ENOTDIR if some ancestor is a file or symlink, ENOENT otherwise (as the kernel says).
+    for (std::string_view a = ParentKey(parent); !a.empty(); a = ParentKey(a)) {
+      Status as = tree.Lookup(a, &v);
+      if (as.ok()) {
+        if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(a));
+        break;
+      }
+      if (!as.IsNotFound()) return as;
+    }
+    return Status::NotFound("parent directory of " + Quote(key) + " does not exist");
+  }
+  KEYFS_RETURN_IF_ERROR(CheckParent(tree, parent, true, meta, version, now_ns));
+  Meta dir = Meta::Dir();
+  dir.uid = meta.uid;
+  dir.gid = meta.gid;
+  dir.mtime_ns = dir.ctime_ns = now_ns;
+  tree.Set(parent, TreeValue{dir, version, {}});
+  return Status::OK();
+}
+
 }  // namespace
+
+Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int64_t now_ns) {
+  KEYFS_RETURN_IF_ERROR(ValidateKey(m.key).WithContext(Quote(m.key)));
+  TreeValue cur;
+  Status found = tree.Lookup(m.key, &cur);
+  if (!found.ok() && !found.IsNotFound()) return found;
+  const bool exists = found.ok();
+
+  switch (m.op) {
+    case Mutation::Op::kPut: {
+      if (m.meta.type == EntryType::kDir) return Status::InvalidArgument("put of a directory");
+      KEYFS_RETURN_IF_ERROR(CheckParent(tree, m.key, m.make_parents, m.meta, version, now_ns));
+      if (exists && cur.meta.type == EntryType::kDir) return Status::IsDirectory(Quote(m.key));
+      if (exists && m.exclusive) return Status::AlreadyExists(Quote(m.key));
+      Meta meta = m.meta;
+      meta.mode &= 07777;
+      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns;
+      meta.ctime_ns = now_ns;
+      tree.Set(m.key, TreeValue{meta, version, m.value});
+      return Status::OK();
+    }
+    case Mutation::Op::kMkdir: {
+      KEYFS_RETURN_IF_ERROR(CheckParent(tree, m.key, m.make_parents, m.meta, version, now_ns));
+      if (exists && !(m.exist_ok && cur.meta.type == EntryType::kDir)) {
+        return Status::AlreadyExists(Quote(m.key));
+      }
+      Meta meta = m.meta;
+      meta.type = EntryType::kDir;
+      meta.mode &= 07777;
+      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns;
+      meta.ctime_ns = now_ns;
+      tree.Set(m.key, TreeValue{meta, version, {}});
+      return Status::OK();
+    }
+    case Mutation::Op::kDelete: {
+      if (!exists) return Status::NotFound(Quote(m.key));
+      if (cur.meta.type == EntryType::kDir) {
+        auto has = tree.HasChildren(m.key);
+        if (!has.ok()) return has.status();
+        if (*has) return Status::NotEmpty(Quote(m.key));
+      }
+      tree.Set(m.key, std::nullopt);
+      return Status::OK();
+    }
+    case Mutation::Op::kSetMeta: {
+      if (!exists) return Status::NotFound(Quote(m.key));
+      Meta meta = m.meta;
+      meta.type = cur.meta.type;
+      meta.mode &= 07777;
+      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns;
+      meta.ctime_ns = now_ns;
+      tree.Set(m.key, TreeValue{meta, version, cur.value});
+      return Status::OK();
+    }
+    case Mutation::Op::kRename:
+      break;
+  }
+
+  // Rename.
+  const std::string_view from = m.key, to = m.target;
+  KEYFS_RETURN_IF_ERROR(ValidateKey(to).WithContext(Quote(to)));
+  if (!exists) return Status::NotFound(Quote(from));
+  const bool exchange = m.rename_flags & kRenameExchange;
+  if (exchange && (m.rename_flags & kRenameNoReplace)) {
+    return Status::InvalidArgument("RENAME_EXCHANGE with RENAME_NOREPLACE");
+  }
+  if (m.rename_flags & ~uint32_t{kRenameNoReplace | kRenameExchange}) {
+    return Status::InvalidArgument("unknown rename flags");
+  }
+  if (IsBelow(to, from))
+    return Status::InvalidArgument("cannot move " + Quote(from) + " into itself");
+  KEYFS_RETURN_IF_ERROR(CheckParent(tree, to, false, cur.meta, version, now_ns));
+  TreeValue dst;
+  Status ds = tree.Lookup(to, &dst);
+  if (!ds.ok() && !ds.IsNotFound()) return ds;
+  const bool dst_exists = ds.ok();
+  if (from == to) return Status::OK();
+
+  std::vector<std::pair<std::string, TreeValue>> src_tree, dst_tree;
+  KEYFS_RETURN_IF_ERROR(tree.CollectSubtree(from, &src_tree));
+  if (exchange) {
+    if (!dst_exists) return Status::NotFound(Quote(to));
+    if (IsBelow(from, to)) return Status::InvalidArgument("cannot exchange with an ancestor");
+    KEYFS_RETURN_IF_ERROR(tree.CollectSubtree(to, &dst_tree));
+  } else if (dst_exists) {
+    if (m.rename_flags & kRenameNoReplace) return Status::AlreadyExists(Quote(to));
+    if (cur.meta.type == EntryType::kDir) {
+      if (dst.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(to));
+      auto has = tree.HasChildren(to);
+      if (!has.ok()) return has.status();
+      if (*has) return Status::NotEmpty(Quote(to));
+    } else if (dst.meta.type == EntryType::kDir) {
+      return Status::IsDirectory(Quote(to));
+    }
+    tree.Set(to, std::nullopt);
+  }
+  for (const auto& [k, v] : src_tree) tree.Set(k, std::nullopt);
+  for (const auto& [k, v] : dst_tree) tree.Set(k, std::nullopt);
+  auto move = [&](const std::vector<std::pair<std::string, TreeValue>>& subtree,
+                  std::string_view old_root, std::string_view new_root) {
+    for (const auto& [k, v] : subtree) {
+      TreeValue nv = v;
+      nv.version = version;
+      if (k.size() == old_root.size()) nv.meta.ctime_ns = now_ns;
+      tree.Set(std::string(new_root) + k.substr(old_root.size()), nv);
+    }
+  };
+  move(src_tree, from, to);
+  move(dst_tree, to, from);
+  return Status::OK();
+}
 
 Overlay::Overlay(const SnapshotTable* base, uint64_t generation, int64_t now_ns)
     : base_(base), generation_(generation), now_ns_(now_ns) {}
@@ -44,7 +190,7 @@ Status Overlay::Lookup(std::string_view key, Value* out) const {
   return Status::OK();
 }
 
-void Overlay::Set(std::string_view key, Slot slot) {
+void Overlay::Set(std::string_view key, std::optional<Value> slot) {
   auto it = changes_.find(key);
   if (logging_) {
     if (undo_keys_.emplace(key).second) {
@@ -75,37 +221,6 @@ StatusOr<bool> Overlay::HasChildren(std::string_view dir) const {
     if (it == changes_.end() || it->second) return true;
   }
   return false;
-}
-
-Status Overlay::CheckParent(std::string_view key, bool make_parents, const Meta& meta) {
-  std::string_view parent = ParentKey(key);
-  if (parent.empty()) return Status::OK();
-  Value v;
-  Status s = Lookup(parent, &v);
-  if (s.ok()) {
-    if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(parent));
-    return Status::OK();
-  }
-  if (!s.IsNotFound()) return s;
-  if (!make_parents) {
-    // ENOTDIR if some ancestor is a file or symlink, ENOENT otherwise (as the kernel says).
-    for (std::string_view a = ParentKey(parent); !a.empty(); a = ParentKey(a)) {
-      Status as = Lookup(a, &v);
-      if (as.ok()) {
-        if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(a));
-        break;
-      }
-      if (!as.IsNotFound()) return as;
-    }
-    return Status::NotFound("parent directory of " + Quote(key) + " does not exist");
-  }
-  KEYFS_RETURN_IF_ERROR(CheckParent(parent, true, meta));
-  Meta dir = Meta::Dir();
-  dir.uid = meta.uid;
-  dir.gid = meta.gid;
-  dir.mtime_ns = dir.ctime_ns = now_ns_;
-  Set(parent, Value{dir, generation_, {}});
-  return Status::OK();
 }
 
 Status Overlay::CollectSubtree(std::string_view key,
@@ -146,124 +261,13 @@ Status Overlay::CollectSubtree(std::string_view key,
   return Status::OK();
 }
 
-Status Overlay::ApplyOne(const Mutation& m) {
-  KEYFS_RETURN_IF_ERROR(ValidateKey(m.key).WithContext(Quote(m.key)));
-  Value cur;
-  Status found = Lookup(m.key, &cur);
-  if (!found.ok() && !found.IsNotFound()) return found;
-  const bool exists = found.ok();
-
-  switch (m.op) {
-    case Mutation::Op::kPut: {
-      if (m.meta.type == EntryType::kDir) return Status::InvalidArgument("put of a directory");
-      KEYFS_RETURN_IF_ERROR(CheckParent(m.key, m.make_parents, m.meta));
-      if (exists && cur.meta.type == EntryType::kDir) return Status::IsDirectory(Quote(m.key));
-      if (exists && m.exclusive) return Status::AlreadyExists(Quote(m.key));
-      Meta meta = m.meta;
-      meta.mode &= 07777;
-      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns_;
-      meta.ctime_ns = now_ns_;
-      Set(m.key, Value{meta, generation_, m.value});
-      return Status::OK();
-    }
-    case Mutation::Op::kMkdir: {
-      KEYFS_RETURN_IF_ERROR(CheckParent(m.key, m.make_parents, m.meta));
-      if (exists && !(m.exist_ok && cur.meta.type == EntryType::kDir)) {
-        return Status::AlreadyExists(Quote(m.key));
-      }
-      Meta meta = m.meta;
-      meta.type = EntryType::kDir;
-      meta.mode &= 07777;
-      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns_;
-      meta.ctime_ns = now_ns_;
-      Set(m.key, Value{meta, generation_, {}});
-      return Status::OK();
-    }
-    case Mutation::Op::kDelete: {
-      if (!exists) return Status::NotFound(Quote(m.key));
-      if (cur.meta.type == EntryType::kDir) {
-        auto has = HasChildren(m.key);
-        if (!has.ok()) return has.status();
-        if (*has) return Status::NotEmpty(Quote(m.key));
-      }
-      Set(m.key, std::nullopt);
-      return Status::OK();
-    }
-    case Mutation::Op::kSetMeta: {
-      if (!exists) return Status::NotFound(Quote(m.key));
-      Meta meta = m.meta;
-      meta.type = cur.meta.type;
-      meta.mode &= 07777;
-      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns_;
-      meta.ctime_ns = now_ns_;
-      Set(m.key, Value{meta, generation_, cur.value});
-      return Status::OK();
-    }
-    case Mutation::Op::kRename:
-      break;
-  }
-
-  // Rename.
-  const std::string_view from = m.key, to = m.target;
-  KEYFS_RETURN_IF_ERROR(ValidateKey(to).WithContext(Quote(to)));
-  if (!exists) return Status::NotFound(Quote(from));
-  const bool exchange = m.rename_flags & kRenameExchange;
-  if (exchange && (m.rename_flags & kRenameNoReplace)) {
-    return Status::InvalidArgument("RENAME_EXCHANGE with RENAME_NOREPLACE");
-  }
-  if (m.rename_flags & ~uint32_t{kRenameNoReplace | kRenameExchange}) {
-    return Status::InvalidArgument("unknown rename flags");
-  }
-  if (IsBelow(to, from))
-    return Status::InvalidArgument("cannot move " + Quote(from) + " into itself");
-  KEYFS_RETURN_IF_ERROR(CheckParent(to, false, cur.meta));
-  Value dst;
-  Status ds = Lookup(to, &dst);
-  if (!ds.ok() && !ds.IsNotFound()) return ds;
-  const bool dst_exists = ds.ok();
-  if (from == to) return Status::OK();
-
-  std::vector<std::pair<std::string, Value>> src_tree, dst_tree;
-  KEYFS_RETURN_IF_ERROR(CollectSubtree(from, &src_tree));
-  if (exchange) {
-    if (!dst_exists) return Status::NotFound(Quote(to));
-    if (IsBelow(from, to)) return Status::InvalidArgument("cannot exchange with an ancestor");
-    KEYFS_RETURN_IF_ERROR(CollectSubtree(to, &dst_tree));
-  } else if (dst_exists) {
-    if (m.rename_flags & kRenameNoReplace) return Status::AlreadyExists(Quote(to));
-    if (cur.meta.type == EntryType::kDir) {
-      if (dst.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(to));
-      auto has = HasChildren(to);
-      if (!has.ok()) return has.status();
-      if (*has) return Status::NotEmpty(Quote(to));
-    } else if (dst.meta.type == EntryType::kDir) {
-      return Status::IsDirectory(Quote(to));
-    }
-    Set(to, std::nullopt);
-  }
-  for (const auto& [k, v] : src_tree) Set(k, std::nullopt);
-  for (const auto& [k, v] : dst_tree) Set(k, std::nullopt);
-  auto move = [&](const std::vector<std::pair<std::string, Value>>& tree, std::string_view old_root,
-                  std::string_view new_root) {
-    for (const auto& [k, v] : tree) {
-      Value nv = v;
-      nv.version = generation_;
-      if (k.size() == old_root.size()) nv.meta.ctime_ns = now_ns_;
-      Set(std::string(new_root) + k.substr(old_root.size()), nv);
-    }
-  };
-  move(src_tree, from, to);
-  move(dst_tree, to, from);
-  return Status::OK();
-}
-
 Status Overlay::Apply(const Batch& batch) {
   undo_.clear();
   undo_keys_.clear();
   logging_ = true;
   Status s;
   for (const Mutation& m : batch.mutations()) {
-    s = ApplyOne(m);
+    s = ApplyMutation(*this, m, generation_, now_ns_);
     if (!s.ok()) break;
   }
   logging_ = false;

@@ -1,15 +1,20 @@
-// Overlay: the changes of one group commit on top of a base table. Applies the mutations
-// of each batch with full tree semantics (parents, ENOTDIR, ENOTEMPTY, renames of whole
-// subtrees), and rolls a failing batch back without disturbing the batches before it.
+// Tree semantics of a batch, shared by both engines: MutableTree is the merged view of a
+// store that a batch changes key by key, ApplyMutation applies one mutation to it with full
+// tree semantics (parents, ENOTDIR, ENOTEMPTY, renames of whole subtrees, RENAME_NOREPLACE /
+// EXCHANGE). Overlay is the snapshot engine's MutableTree: the changes of one group commit on
+// top of a base table, rolling a failing batch back without disturbing the batches before it.
+// (The dets engine's MutableTree is its write buffer: see dets_engine.cc.)
 // Internal to store/.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "keyfs/store/engine.h"
@@ -17,16 +22,43 @@
 
 namespace keyfs {
 
+// An entry of a merged view. `value` is a view whose owner is the MutableTree's business:
+// it must stay valid until the batch being applied has been answered.
+struct TreeValue {
+  Meta meta;
+  uint64_t version = 0;
+  std::string_view value;
+};
+
+// The state a batch is applied to. Never sees the root "" (always a directory).
+// Not thread-safe: owned by whoever applies the batch.
+class MutableTree {
+ public:
+  virtual ~MutableTree() = default;
+  // The entry at `key` in the merged state. NotFound if absent; other errors (Corruption,
+  // IOError) from the storage below.
+  virtual Status Lookup(std::string_view key, TreeValue* out) const = 0;
+  // Whether directory `dir` ("" = root) has any live child in the merged state.
+  virtual StatusOr<bool> HasChildren(std::string_view dir) const = 0;
+  // `key` and every key below it in the merged state, in key order.
+  // REQUIRES: `key` exists.
+  virtual Status CollectSubtree(std::string_view key,
+                                std::vector<std::pair<std::string, TreeValue>>* out) const = 0;
+  // Sets `key` to `v`, or deletes it when v is nullopt. The tree copies what it must keep.
+  virtual void Set(std::string_view key, std::optional<TreeValue> v) = 0;
+};
+
+// Applies one mutation to `tree`. New and changed entries get version `version` and, where
+// the mutation leaves them 0, times `now_ns`. On failure returns the Status (naming the
+// key) and may have changed `tree` partly: the caller rolls the whole batch back.
+Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int64_t now_ns);
+
 // Not thread-safe: owned by the committer. Values are views: into the base table (pinned
 // by the caller for the overlay's lifetime) or into the batches (alive until the commit
 // has been answered).
-class Overlay {
+class Overlay final : public MutableTree {
  public:
-  struct Value {
-    Meta meta;
-    uint64_t version = 0;
-    std::string_view value;
-  };
+  using Value = TreeValue;
 
   // `base` must outlive the overlay. Entries written get version `generation` and, where
   // the batch leaves them 0, times `now_ns`.
@@ -44,20 +76,15 @@ class Overlay {
   // Keys whose state differs from the base (added, removed or modified), sorted.
   std::vector<std::string> ChangedKeys() const;
 
+  // MutableTree.
+  Status Lookup(std::string_view key, Value* out) const override;
+  StatusOr<bool> HasChildren(std::string_view dir) const override;
+  Status CollectSubtree(std::string_view key,
+                        std::vector<std::pair<std::string, Value>>* out) const override;
+  void Set(std::string_view key, std::optional<Value> v) override;
+
  private:
   using Slot = std::optional<Value>;  // nullopt: deleted
-
-  Status ApplyOne(const Mutation& m);
-  // The merged entry at `key`. NotFound if absent; errors from the base table otherwise.
-  Status Lookup(std::string_view key, Value* out) const;
-  // OK if `key`'s parent exists as a directory (creating it if make_parents).
-  Status CheckParent(std::string_view key, bool make_parents, const Meta& meta);
-  // Whether directory `dir` has any live child.
-  StatusOr<bool> HasChildren(std::string_view dir) const;
-  // `key` and every key below it, in key order, from the merged state.
-  Status CollectSubtree(std::string_view key,
-                        std::vector<std::pair<std::string, Value>>* out) const;
-  void Set(std::string_view key, Slot slot);
 
   const SnapshotTable* base_;
   uint64_t generation_;

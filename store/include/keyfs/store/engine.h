@@ -180,6 +180,11 @@ struct OpenOptions {
   bool read_only = false;   // Commit returns ReadOnly; no lock file is created
   bool watch = false;       // follow commits of other processes (inotify) and call the listener
   Env* env = nullptr;       // nullptr: Env::Default()
+  // dets: seconds between syncs of the write buffer (0 = only on Sync() and close).
+  uint32_t sync_interval_s = 30;
+  // dets: the write buffer's memory limit in bytes (0 = 512 MiB). Passing it starts a sync;
+  // writers wait while the buffer is over it and a sync is still running.
+  uint64_t buffer_limit_bytes = 0;
 };
 
 // Opens (or with options.create, creates) the store at `path`.

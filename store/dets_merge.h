@@ -1,0 +1,44 @@
+// The dets sync's file writer: one streaming merge of the current file with the frozen write
+// buffers into a new file (FORMAT.md §3.8). Internal to store/.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "dets_buffer.h"
+#include "dets_file.h"
+#include "keyfs/store/env.h"
+#include "keyfs/store/status.h"
+
+namespace keyfs {
+
+struct MergeInput {
+  const DetsFile* old_file = nullptr;      // the file being replaced; nullptr: none
+  std::vector<const WriteBuffer*> layers;  // frozen buffers, oldest first (newest wins)
+  uint64_t generation = 0;                 // of the new file
+  int64_t sync_time_ns = 0;
+  uint64_t last_version = 0;  // >= every version in the file and the layers
+};
+
+struct MergeStats {
+  uint64_t entries = 0;
+  uint64_t file_size = 0;
+  uint64_t copied = 0;   // entries carried over from the old file
+  uint64_t written = 0;  // entries written from the buffers
+  uint64_t dropped = 0;  // old entries replaced or deleted
+};
+
+// Writes the merged file to `file` (fresh and empty) in one pass: every bucket's entries in
+// (hash, key) order followed by its hash table and bloom filter, then the key index, the
+// header and the footer. Old entries are read with pread through a fixed window and checked
+// (checksum, order, bucket) as they are copied; a damaged old file fails the merge with
+// Corruption. Memory: the sort arrays of the buffers (about 40 bytes per buffered key) plus
+// a fixed working set (read window, write buffer) plus one bucket's hash table and bloom
+// filter (about 30 bytes per entry of that bucket, 1/256 of the file's index) plus the key
+// index directory (24 bytes per 4 KiB block of keys). Does not sync the file.
+Status WriteMergedFile(const MergeInput& in, WritableFile* file, MergeStats* stats);
+
+// Writes an empty dets file (no entries) of generation 1.
+Status WriteEmptyFile(WritableFile* file, int64_t time_ns);
+
+}  // namespace keyfs
