@@ -1,0 +1,65 @@
+// Shared test helpers: status assertions, temp directories, random keys.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include "keyfs/store/status.h"
+
+#define ASSERT_OK(expr)                                     \
+  do {                                                      \
+    ::keyfs::Status _s = (expr);                            \
+    ASSERT_TRUE(_s.ok()) << #expr << ": " << _s.ToString(); \
+  } while (0)
+#define EXPECT_OK(expr)                                     \
+  do {                                                      \
+    ::keyfs::Status _s = (expr);                            \
+    EXPECT_TRUE(_s.ok()) << #expr << ": " << _s.ToString(); \
+  } while (0)
+
+namespace keyfs::test {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/keyfs-test-XXXXXX";
+    char* p = mkdtemp(tmpl.data());
+    if (p == nullptr) abort();
+    path_ = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// Random lowercase string of length [min_len, max_len].
+inline std::string RandomName(std::mt19937_64& rng, size_t min_len, size_t max_len) {
+  std::uniform_int_distribution<size_t> len(min_len, max_len);
+  std::uniform_int_distribution<int> ch('a', 'z');
+  std::string s(len(rng), 'a');
+  for (char& c : s) c = static_cast<char>(ch(rng));
+  return s;
+}
+
+inline std::string RandomBytes(std::mt19937_64& rng, size_t len) {
+  std::string s(len, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+}  // namespace keyfs::test
