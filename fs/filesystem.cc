@@ -246,6 +246,14 @@ struct Filesystem::Impl {
     fuse_reply_entry(req, &e);
   }
 
+  // Answers the node for `key` as `rec` shows it (one more lookup on it).
+  void ReplyEntryFor(fuse_req_t req, const std::string& key, const Record& rec) {
+    uint64_t id = table.Acquire(key, rec);
+    uint64_t ino = 0;
+    table.WithNode(id, [&](Node& n) { ino = n.ino; });
+    ReplyEntry(req, id, ino, rec.meta, rec.value.size());
+  }
+
   // The node's key and type; ENOENT-style false for unknown nodes.
   bool NodeKey(uint64_t id, std::string* key, EntryType* type) {
     return table.KeyOf(id, key, type);
@@ -452,10 +460,7 @@ struct Filesystem::Impl {
       fuse_reply_err(req, StatusToErrno(rec.status()));
       return;
     }
-    uint64_t id = table.Acquire(key, *rec);
-    uint64_t ino = 0;
-    table.WithNode(id, [&](Node& n) { ino = n.ino; });
-    ReplyEntry(req, id, ino, rec->meta, rec->value.size());
+    ReplyEntryFor(req, key, *rec);
   }
 
   void Forget(fuse_ino_t ino, uint64_t n) {
@@ -973,10 +978,7 @@ struct Filesystem::Impl {
         fuse_reply_err(req, StatusToErrno(rec.status()));
         return;
       }
-      uint64_t id = table.Acquire(key, *rec);
-      uint64_t ino = 0;
-      table.WithNode(id, [&](Node& n) { ino = n.ino; });
-      ReplyEntry(req, id, ino, rec->meta, rec->value.size());
+      ReplyEntryFor(req, key, *rec);
     });
   }
 
