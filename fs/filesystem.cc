@@ -5,7 +5,10 @@
 //   long entry/attr timeouts and keep_cache: the kernel's pages of a version are never
 //   reused for another, so an open reader reads one version from open to close.
 // - A commit made through this mount invalidates the key's dentry before close()/fsync()
-//   returns (from a worker thread: never inside a request that holds a directory lock);
+//   returns: the worker commits, then the notifier thread invalidates and answers the
+//   FLUSH (an invalidation may wait on a directory lock held by a CREATE or RENAME that
+//   needs a worker, so workers never wait on one). Only the writer's own close publishes:
+//   a FLUSH from another file table (a forked child's inherited copy) does not;
 //   commits made elsewhere (keyfsctl, another mount) reach us through the engine's change
 //   listener and are invalidated by the notifier thread.
 // - A writer writes through the kernel inode its path resolved to, and the kernel grows
@@ -159,6 +162,7 @@ struct Handle {
   uint64_t edits = 0;          // bumps on every change, to tell if a commit covered them
   Meta create_meta;            // for a file this handle created
   int64_t explicit_mtime = 0;  // set by utimens after the last write: the commit keeps it
+  uint64_t write_owner = 0;    // lock_owner (the writer's file table) of the last WRITE
   std::string text;            // stats
   // References: the kernel's (dropped at RELEASE) plus one per queued job using it, so a
   // FLUSH still committing on a worker never sees the handle freed by a racing RELEASE.
@@ -192,8 +196,11 @@ struct Filesystem::Impl {
 
   // Invalidations of commits made elsewhere, done by the notifier thread.
   struct Inval {
-    uint64_t parent;  // inval_entry(parent, name) if name non-empty, else inval_inode(parent)
+    uint64_t parent;  // inval_entry(parent, name) if name non-empty, else inval_inode(parent);
+                      // 0: nothing to invalidate
     std::string name;
+    fuse_req_t reply = nullptr;  // answered with `err` once the invalidation is done
+    int err = 0;
   };
   std::mutex inval_mu;
   std::condition_variable inval_cv;
@@ -291,15 +298,21 @@ struct Filesystem::Impl {
     return s;
   }
 
-  // Drops the kernel's dentry for `key` so the next open looks up the new version.
-  // REQUIRES: not called while the kernel holds the parent directory's lock for this
-  // request (i.e. only from FLUSH/RELEASE/FSYNC work).
-  void InvalidateNow(const std::string& key) {
-    uint64_t parent = table.DirId(std::string(ParentKey(key)));
-    if (parent == 0 || session == nullptr) return;
-    std::string_view name = BaseName(key);
-    int r = fuse_lowlevel_notify_inval_entry(session, parent, name.data(), name.size());
-    if (r != 0 && r != -ENOENT) spdlog::debug("inval_entry {}: {}", key, strerror(-r));
+  // Drops the kernel's dentry for `key` so the next open looks up the new version, then
+  // answers `req` with `err`: the caller's close()/fsync() returns after the invalidation.
+  // The notifier thread does both: an invalidation can wait on a directory lock held by a
+  // request (CREATE, RENAME...) that needs a worker, so no worker ever waits for one.
+  void InvalidateThenReply(fuse_req_t req, const std::string& key, int err) {
+    Inval iv;
+    iv.parent = key.empty() ? 0 : table.DirId(std::string(ParentKey(key)));
+    if (iv.parent != 0) iv.name = std::string(BaseName(key));
+    iv.reply = req;
+    iv.err = err;
+    {
+      std::lock_guard<std::mutex> l(inval_mu);
+      inval_queue.push_back(std::move(iv));
+    }
+    inval_cv.notify_one();
   }
 
   void QueueInval(uint64_t parent, std::string name) {
@@ -336,10 +349,13 @@ struct Filesystem::Impl {
         iv = std::move(inval_queue.front());
         inval_queue.pop_front();
       }
-      int r = iv.name.empty() ? fuse_lowlevel_notify_inval_inode(session, iv.parent, 0, 0)
-                              : fuse_lowlevel_notify_inval_entry(session, iv.parent, iv.name.data(),
-                                                                 iv.name.size());
-      if (r != 0 && r != -ENOENT) spdlog::debug("invalidation failed: {}", strerror(-r));
+      if (iv.parent != 0 && !inval_stop) {
+        int r = iv.name.empty() ? fuse_lowlevel_notify_inval_inode(session, iv.parent, 0, 0)
+                                : fuse_lowlevel_notify_inval_entry(session, iv.parent,
+                                                                   iv.name.data(), iv.name.size());
+        if (r != 0 && r != -ENOENT) spdlog::debug("invalidation failed: {}", strerror(-r));
+      }
+      if (iv.reply != nullptr) fuse_reply_err(iv.reply, iv.err);
     }
   }
 
@@ -866,6 +882,7 @@ struct Filesystem::Impl {
       std::memcpy(h->buf.data() + at, buf, size);
       h->dirty = true;
       h->explicit_mtime = 0;  // a write after utimens makes the mtime "now" again
+      if (fi->lock_owner != 0) h->write_owner = fi->lock_owner;
       ++h->edits;
     }
     fuse_reply_write(req, size);
@@ -885,8 +902,10 @@ struct Filesystem::Impl {
     }
     {
       // bash's `echo x > k` flushes a dup'd descriptor before writing: nothing to commit.
+      // A FLUSH from another process's file table (a forked child closing its inherited
+      // copy, at exit or exec) is not the writer's close: nothing is published for it.
       std::lock_guard<std::mutex> l(h->mu);
-      if (!h->dirty) {
+      if (!h->dirty || (h->write_owner != 0 && fi->lock_owner != h->write_owner)) {
         fuse_reply_err(req, 0);
         return;
       }
@@ -896,9 +915,9 @@ struct Filesystem::Impl {
       bool committed;
       int err = CommitHandle(h, &committed);
       std::string key;
-      if (committed && table.KeyOf(h->node, &key)) InvalidateNow(key);
+      if (!committed || !table.KeyOf(h->node, &key)) key.clear();
       Unref(h);
-      fuse_reply_err(req, err);
+      InvalidateThenReply(req, key, err);
     });
   }
 
@@ -950,18 +969,18 @@ struct Filesystem::Impl {
     auto* h = fi != nullptr && fi->fh != 0 ? Ref(reinterpret_cast<Handle*>(fi->fh)) : nullptr;
     Async(req, [this, req, ino, h] {
       int err = 0;
+      std::string key;
       if (h != nullptr && h->kind == Handle::Kind::kWriter) {
         bool committed;
         err = CommitHandle(h, &committed);
-        std::string key;
-        if (committed && table.KeyOf(ino, &key)) InvalidateNow(key);
+        if (!committed || !table.KeyOf(ino, &key)) key.clear();
       }
       if (h != nullptr) Unref(h);
       if (err == 0) {
         Status s = engine->Sync();
         if (!s.ok()) err = StatusToErrno(s);
       }
-      fuse_reply_err(req, err);
+      InvalidateThenReply(req, key, err);
     });
   }
 
@@ -1440,8 +1459,7 @@ void Filesystem::Stop() {
   s->workers.Stop();
   {
     std::lock_guard<std::mutex> l(s->inval_mu);
-    s->inval_stop = true;
-    s->inval_queue.clear();  // the kernel is gone; nothing left to invalidate
+    s->inval_stop = true;  // the kernel is gone: queued replies are sent, nothing invalidated
   }
   s->inval_cv.notify_all();
   if (s->notifier.joinable()) s->notifier.join();

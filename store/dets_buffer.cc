@@ -54,7 +54,7 @@ char* Arena::Allocate(size_t n) {
   return p;
 }
 
-WriteBuffer::WriteBuffer() : slots_(256, Slot{0, nullptr}), dir_slots_(16, DirSlot{0, nullptr}) {}
+WriteBuffer::WriteBuffer() : slots_(256), dir_slots_(16, DirSlot{0, nullptr}) {}
 WriteBuffer::~WriteBuffer() = default;
 
 uint64_t WriteBuffer::bytes() const {
@@ -73,8 +73,8 @@ WriteBuffer::Probe WriteBuffer::ProbeKey(std::string_view key, uint64_t hash) co
 
 void WriteBuffer::Grow() {
   ++inserts_;  // outstanding probes name slots of the old array
-  HugeVector<Slot> old(slots_.size() * 2, Slot{0, nullptr});
-  old.swap(slots_);
+  ZeroedArray<Slot> old(slots_.size() * 2);
+  std::swap(old, slots_);
   const size_t mask = slots_.size() - 1;
   for (const Slot& s : old) {
     if (s.node == nullptr) continue;

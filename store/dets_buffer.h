@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -53,6 +54,56 @@ struct HugeAllocator {
 };
 template <class T>
 using HugeVector = std::vector<T, HugeAllocator<T>>;
+
+// A fixed-size array of a trivial type, all bytes zero, taken zeroed from the system (mmap
+// with huge pages when big, else calloc): a growing hash table is not written twice.
+template <class T>
+class ZeroedArray {
+ public:
+  ZeroedArray() = default;
+  explicit ZeroedArray(size_t n) : n_(n) {
+    const size_t bytes = n * sizeof(T);
+    if (bytes >= HugeAllocator<T>::kHuge) {
+      void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) throw std::bad_alloc();
+      ::madvise(m, bytes, MADV_HUGEPAGE);
+      p_ = static_cast<T*>(m);
+    } else {
+      p_ = static_cast<T*>(std::calloc(n, sizeof(T)));
+      if (p_ == nullptr) throw std::bad_alloc();
+    }
+  }
+  ~ZeroedArray() { Free(); }
+  ZeroedArray(ZeroedArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  ZeroedArray& operator=(ZeroedArray&& o) noexcept {
+    if (this != &o) {
+      Free();
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+      o.n_ = 0;
+    }
+    return *this;
+  }
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+  size_t size() const { return n_; }
+  T* begin() { return p_; }
+  T* end() { return p_ + n_; }
+
+ private:
+  void Free() {
+    if (p_ == nullptr) return;
+    if (n_ * sizeof(T) >= HugeAllocator<T>::kHuge) {
+      ::munmap(p_, n_ * sizeof(T));
+    } else {
+      std::free(p_);
+    }
+    p_ = nullptr;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
 
 // Bump allocator. Memory is never moved or freed before the arena is destroyed, so views
 // into it stay valid for the arena's lifetime. Blocks grow from 64 KiB to 4 MiB; big ones
@@ -186,7 +237,7 @@ class WriteBuffer {
   static void SortChildren(Children* c);
 
   Arena arena_;
-  HugeVector<Slot> slots_;  // open addressing, linear probing; size a power of two
+  ZeroedArray<Slot> slots_;  // open addressing, linear probing; size a power of two
   uint64_t nodes_ = 0;
   uint64_t inserts_ = 0;           // stamps probes
   HugeVector<const Node*> order_;  // every node, in insertion order

@@ -7,28 +7,40 @@
 //   frozen  buffers being synced (normally zero or one; more only after failed syncs),
 //           immutable, oldest first;
 //   file    the last published store file (DetsFile, mapped).
-// A lookup asks active, then frozen newest to oldest, then the file (bloom filter first);
-// the first layer that knows the key answers (a tombstone answers "absent").
+// A lookup asks active, then frozen newest to oldest, then the file: the bloom filter (in
+// memory) answers most misses; a thread whose recent lookups mostly hit skips the filter
+// and goes straight to the hash table (one cache miss less per hit). The first layer that
+// knows the key answers (a tombstone answers "absent"). Commits read the file with pread,
+// never through the mapping, so writing into a file far larger than memory does not grow
+// the process's resident mapping.
 //
 // Sync state machine (one sync at a time, on the syncer thread):
 //
-//   IDLE ──(timer / Sync() / buffer over its limit / close)──> FREEZING
+//   IDLE --(timer / Sync() / buffer over its limit / close)--> FREEZING
 //   FREEZING   Under mu_ (exclusive, microseconds): the active buffer becomes the newest
 //              frozen buffer and an empty one takes its place; committers and readers go
 //              on at once. Durable: the old file only. (The active buffer is not frozen
 //              while a backlog of failed syncs already holds a full buffer's worth, so
-//              memory stays bounded; the sync then runs twice, see below.)
+//              memory stays bounded; the sync then runs twice, see PUBLISHED.)
 //   MERGING    Without locks: the old file (read with pread through a fixed window, every
-//              entry checked) and the frozen buffers (sorted by (hash, key), then by key) are
-//              merged into STORE.tmp-<pid>-<n> (O_EXCL) in one sequential write; then
-//              fdatasync. Durable: the old file only; the temp is garbage until renamed.
+//              4 KiB chunk verified) and the frozen buffers (sorted by (hash, key) here and
+//              by key on a helper thread) are merged into STORE.tmp-<pid>-<n> (O_EXCL) in
+//              one sequential write, appended by a second helper thread so copying into the
+//              page cache overlaps the merge, writeback started every 64 MiB; then
+//              fdatasync. Buckets and key index blocks no buffered key falls into are
+//              copied unchanged. Durable: the old file only; the temp is garbage until
+//              renamed.
 //   RENAMING   rename(temp, STORE), then fsync of the directory. Durable: the old file
 //              until the directory fsync returns, the new one after; a crash in between
 //              leaves one of the two complete files under STORE.
 //   PUBLISHED  Under mu_: the new file replaces the old one for readers and the merged
 //              frozen buffers are dropped. Every commit made before FREEZING is durable;
-//              Sync() callers waiting for it are released. -> IDLE (or FREEZING again if a
-//              Sync() caller's commits were left in the active buffer by the backlog rule).
+//              Sync() callers waiting for it are released. Then, still on the syncer, the
+//              old file is released (unmapping it frees its blocks, which with online
+//              discard costs ~0.5 s per 300 MB: no caller waits for that; Stats().syncing
+//              stays true until it is done). -> IDLE, or FREEZING again within the same
+//              attempt if the backlog rule left a waiting Sync() caller's commits in the
+//              active buffer.
 //
 //   ERROR      Any failure (ENOSPC, EIO, a damaged old file) in MERGING or RENAMING before
 //              the rename: the temp file is removed; STORE, the served file and the frozen
@@ -36,17 +48,26 @@
 //              next sync; the Sync() callers get the error. A failed fdatasync is never
 //              retried on the same file (its dirty pages may be gone): the next sync writes
 //              a new temp from scratch. If the rename succeeded but the directory fsync
-//              failed, the new file is published (STORE names it) and the durability is
-//              still owed: the next sync fsyncs the directory first. -> IDLE; the timer or
-//              the next Sync() retries.
+//              failed (twice), the new file is published (STORE names it) and the
+//              durability is still owed: the next sync fsyncs the directory first. -> IDLE;
+//              the timer or the next Sync() retries.
+//
+// Durability is tracked by counting commits: a frozen buffer records how many commits had
+// been applied when it was frozen; publishing it makes that many durable. Sync() waits for
+// an attempt that starts after it is called and returns OK iff every commit applied before
+// the call is durable.
 //
 // Back-pressure: a commit that finds the active buffer over its limit asks for a sync and
 // waits until the buffer is frozen (writers are never dropped). If a sync attempt that began
 // after it asked fails and the buffer is still over the limit, the commit fails with that
 // error rather than growing memory without bound.
 //
-// Lock order: commit_mu_ -> sync_mu_ -> mu_. Readers take only mu_ (shared); the syncer
-// takes sync_mu_ and mu_ one at a time, never while merging.
+// Closing (the destructor) runs a last sync; its error cannot be returned, so callers that
+// care call Sync() first.
+//
+// Lock order: commit_mu_ -> sync_mu_, commit_mu_ -> mu_; sync_mu_ and mu_ are never held
+// together. Readers take only mu_ (shared); the syncer takes sync_mu_ and mu_ one at a
+// time, never while merging.
 #include "dets_engine.h"
 
 #include <dirent.h>
@@ -65,6 +86,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <new>
 #include <set>
@@ -291,7 +313,7 @@ class BufferTree final : public MutableTree {
     }
     for (const std::string& k : cands) {
       TreeValue v;
-      Status s = layers_.Lookup(k, &v);
+      Status s = LookupMerged(k, &v);
       if (s.IsNotFound()) continue;
       KEYFS_RETURN_IF_ERROR(s);
       out->emplace_back(k, v);
@@ -362,6 +384,17 @@ class BufferTree final : public MutableTree {
   }
 
  private:
+  // The merged entry at `key` (not the root), reading the file like LookupBelow.
+  Status LookupMerged(std::string_view key, TreeValue* out) const {
+    const uint64_t h = format::HashKey(key);
+    if (const BufRecord* r = layers_.Buffered(key, h)) {
+      if (r->tombstone) return Status::NotFound();
+      *out = TreeValue{r->meta(), r->version, r->value_view()};
+      return Status::OK();
+    }
+    return LookupBelow(key, h, out);
+  }
+
   uint64_t Hash(std::string_view key) const {
     if (key.data() == hint_key_.data() && key.size() == hint_key_.size()) return hint_hash_;
     return format::HashKey(key);
@@ -378,8 +411,13 @@ class BufferTree final : public MutableTree {
       }
     }
     DetsEntry e;
-    KEYFS_RETURN_IF_ERROR(layers_.file->Find(key, h, &e));
-    *out = TreeValue{e.meta, e.version, e.value};
+    scratch_.emplace_back();
+    Status s = layers_.file->FindCopy(key, h, &e, &scratch_.back());
+    if (!s.ok()) {
+      scratch_.pop_back();
+      return s;
+    }
+    *out = TreeValue{e.meta, e.version, e.value};  // valid while the batch is applied
     return Status::OK();
   }
 
@@ -422,6 +460,8 @@ class BufferTree final : public MutableTree {
   mutable LastLookup last_;
   std::string_view hint_key_;
   uint64_t hint_hash_ = 0;
+  // Copies of file entries read during the batch (TreeValue views point into them).
+  mutable std::deque<std::string> scratch_;
   std::vector<std::string> changed_;
 };
 
@@ -514,7 +554,8 @@ class DetsEngineImpl final : public Engine {
 
   Status List(std::string_view dir, std::string_view start_after, const ListFn& fn) const override {
     KEYFS_RETURN_IF_ERROR(ValidateKey(dir, /*allow_root=*/true));
-    // The whole listing comes from one state: mu_ is held throughout.
+    // The whole listing comes from one state: mu_ is held (shared) throughout, so `fn` may
+    // call Get or List (glibc's rwlock prefers readers) but must not call Commit.
     std::shared_lock<std::shared_mutex> l(mu_);
     const Layers layers = LayersLocked();
     if (!dir.empty()) {
@@ -985,29 +1026,27 @@ class DetsEngineImpl final : public Engine {
     in.sync_time_ns = NowNs();
     in.last_version = version_.load(std::memory_order_relaxed);
     MergeStats stats;
-    const int64_t tm0 = MonoNs();
-    Status s = WriteMergedFile(in, f, &stats);
-    const int64_t tm1 = MonoNs();
+    Status s;
+    try {
+      s = WriteMergedFile(in, f, &stats);
+    } catch (const std::bad_alloc&) {
+      s = Status::IOError("out of memory during a sync");
+    }
     // RENAMING.
     if (s.ok()) s = f->Sync();
-    if (getenv("DETS_TIMING"))
-      fprintf(stderr, "merge %.2f s fsync %.2f s\n", (tm1 - tm0) / 1e9, (MonoNs() - tm1) / 1e9);
     if (s.ok()) s = env_->Rename(tmp, path_);
     if (!s.ok()) {
       (void)f->Close();
       (void)env_->RemoveFile(tmp);
       return s;
     }
-    const int64_t tr0 = MonoNs();
     int fd = ::dup(f->fd());
     Status sync_dir = env_->SyncDir(dir_);
-    const int64_t tr1 = MonoNs();
     if (!sync_dir.ok()) sync_dir = env_->SyncDir(dir_);  // once more before giving up
     (void)f->Close();
     if (fd < 0) return Status::FromErrno(errno, "dup");
     auto opened = DetsFile::OpenFd(fd, path_);
     if (!opened.ok()) return opened.status();  // the frozen buffers stay served
-    const int64_t tr2 = MonoNs();
 
     // PUBLISHED.
     {
@@ -1029,8 +1068,6 @@ class DetsEngineImpl final : public Engine {
       }
     }
     layers.clear();
-    if (getenv("DETS_TIMING"))
-      fprintf(stderr, "syncdir %.3f open %.3f\n", (tr1 - tr0) / 1e9, (tr2 - tr1) / 1e9);
     // Usually the last reference: unmapped (and its blocks freed, which takes a while for a
     // big file) once the Sync() callers have their answer, on this thread, not a reader's.
     retired_.push_back(std::move(old));

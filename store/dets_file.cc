@@ -282,7 +282,7 @@ uint64_t DetsFile::hash_slots() const {
 
 Status DetsFile::CheckChunk(const DetsBucket& b, uint64_t c) const {
   const uint64_t bit = b.chunk_base + c;
-  if (TestBit(chunk_ok_.get(), bit)) return Status::OK();
+  if (TestBit(chunk_ok_.get(), bit)) return Status::OK();  // (CheckRange tests this inline)
   const uint64_t off = b.entries_off + c * kDetsChunkSize;
   const uint64_t len = std::min<uint64_t>(kDetsChunkSize, b.sums_off - off);
   if (Hash(base_ + off, len) != Load64(base_ + b.sums_off + 8 * c)) {
@@ -295,25 +295,32 @@ Status DetsFile::CheckChunk(const DetsBucket& b, uint64_t c) const {
 }
 
 inline Status DetsFile::CheckRange(const DetsBucket& b, uint64_t off, uint64_t len) const {
-  const uint64_t first = (off - b.entries_off) / kDetsChunkSize;
-  const uint64_t last = (off + len - 1 - b.entries_off) / kDetsChunkSize;
-  for (uint64_t c = first; c <= last; ++c) KEYFS_RETURN_IF_ERROR(CheckChunk(b, c));
+  const uint64_t first = b.chunk_base + (off - b.entries_off) / kDetsChunkSize;
+  const uint64_t last = b.chunk_base + (off + len - 1 - b.entries_off) / kDetsChunkSize;
+  for (uint64_t c = first; c <= last; ++c) {
+    if (__builtin_expect(!TestBit(chunk_ok_.get(), c), 0)) {
+      KEYFS_RETURN_IF_ERROR(CheckChunk(b, c - b.chunk_base));
+    }
+  }
   return Status::OK();
 }
 
-Status DetsFile::ReadEntry(const DetsBucket& b, uint64_t off, DetsEntry* out) const {
-  if (off < b.entries_off || !FitsIn(off, kDetsEntryOverhead + 1, b.entries_end)) {
-    return Corrupt("entry offset out of range", off);
-  }
-  KEYFS_RETURN_IF_ERROR(CheckRange(b, off, kDetsEntryFixed));
-  const uint8_t* e = base_ + off;
-  const uint64_t size = Load64(e + kESize);
+// Checks the size fields of the entry header at `e` (entry at `off` of bucket `b`).
+inline Status DetsFile::CheckEntryHeader(const DetsBucket& b, uint64_t off, const uint8_t* e,
+                                         uint64_t* size) const {
+  *size = Load64(e + kESize);
   const uint64_t klen = Load16(e + kEKeyLen);
-  if (size > b.entries_end - off || klen == 0 || klen > kMaxKeyLength ||
-      size < kDetsEntryOverhead + klen) {
+  if (*size > b.entries_end - off || klen == 0 || klen > kMaxKeyLength ||
+      *size < kDetsEntryOverhead + klen) {
     return Corrupt("bad entry size", off);
   }
-  KEYFS_RETURN_IF_ERROR(CheckRange(b, off, size));
+  return Status::OK();
+}
+
+// Decodes the whole entry at `e` (its header checked by CheckEntryHeader).
+inline Status DetsFile::DecodeEntry(uint64_t off, const uint8_t* e, uint64_t size,
+                                    DetsEntry* out) const {
+  const uint64_t klen = Load16(e + kEKeyLen);
   const uint8_t type = e[kEType];
   const uint32_t mode = Load16(e + kEMode);
   if (!ValidType(type) || mode > 07777) return Corrupt("bad entry type or mode", off);
@@ -331,6 +338,95 @@ Status DetsFile::ReadEntry(const DetsBucket& b, uint64_t off, DetsEntry* out) co
   out->offset = off;
   out->size = size;
   return Status::OK();
+}
+
+Status DetsFile::ReadEntry(const DetsBucket& b, uint64_t off, DetsEntry* out) const {
+  if (off < b.entries_off || !FitsIn(off, kDetsEntryOverhead + 1, b.entries_end)) {
+    return Corrupt("entry offset out of range", off);
+  }
+  KEYFS_RETURN_IF_ERROR(CheckRange(b, off, kDetsEntryFixed));
+  const uint8_t* e = base_ + off;
+  uint64_t size;
+  KEYFS_RETURN_IF_ERROR(CheckEntryHeader(b, off, e, &size));
+  // The rest of the entry, past the chunk of its header (usually nothing).
+  const uint64_t header_chunk_end =
+      b.entries_off + ((off - b.entries_off) / kDetsChunkSize + 1) * kDetsChunkSize;
+  if (off + size > header_chunk_end) {
+    KEYFS_RETURN_IF_ERROR(CheckRange(b, header_chunk_end, off + size - header_chunk_end));
+  }
+  return DecodeEntry(off, e, size, out);
+}
+
+// [off, off + len) of bucket `b` read with pread into *out; chunks not verified yet are read
+// whole and verified first.
+Status DetsFile::ReadChecked(const DetsBucket& b, uint64_t off, uint64_t len,
+                             std::string* out) const {
+  const uint64_t c0 = (off - b.entries_off) / kDetsChunkSize;
+  const uint64_t c1 = (off + len - 1 - b.entries_off) / kDetsChunkSize;
+  bool verified = true;
+  for (uint64_t c = c0; c <= c1 && verified; ++c)
+    verified = TestBit(chunk_ok_.get(), b.chunk_base + c);
+  if (verified) {
+    out->resize(len);
+    return ReadAt(off, len, reinterpret_cast<uint8_t*>(out->data()));
+  }
+  const uint64_t from = b.entries_off + c0 * kDetsChunkSize;
+  const uint64_t to = std::min(b.sums_off, b.entries_off + (c1 + 1) * kDetsChunkSize);
+  std::string chunks(to - from, '\0');
+  std::vector<uint64_t> sums(c1 - c0 + 1);
+  KEYFS_RETURN_IF_ERROR(ReadAt(from, chunks.size(), reinterpret_cast<uint8_t*>(chunks.data())));
+  KEYFS_RETURN_IF_ERROR(
+      ReadAt(b.sums_off + 8 * c0, 8 * sums.size(), reinterpret_cast<uint8_t*>(sums.data())));
+  for (uint64_t c = c0; c <= c1; ++c) {
+    const uint64_t at = (c - c0) * kDetsChunkSize;
+    const uint64_t n = std::min<uint64_t>(kDetsChunkSize, chunks.size() - at);
+    if (Hash(chunks.data() + at, n) != sums[c - c0]) {
+      return Corrupt("checksum mismatch in chunk " + std::to_string(c) + " of bucket " +
+                         std::to_string(&b - buckets_.data()),
+                     from + at);
+    }
+    SetBit(chunk_ok_.get(), b.chunk_base + c);
+  }
+  out->assign(chunks, off - from, len);
+  return Status::OK();
+}
+
+Status DetsFile::FindCopy(std::string_view key, uint64_t h, DetsEntry* out,
+                          std::string* storage) const {
+  KEYFS_RETURN_IF_ERROR(MayContain(h));
+  const DetsBucket& b = buckets_[h >> 56];
+  const uint64_t mask = (uint64_t{1} << b.slot_bits) - 1;
+  uint64_t slot = DetsSlot(h, b.slot_bits);
+  std::string buf;
+  for (uint64_t probes = 0; probes <= mask; ++probes) {
+    const uint64_t soff = b.index_off + slot * kDetsSlotSize;
+    KEYFS_RETURN_IF_ERROR(ReadChecked(b, soff, kDetsSlotSize, &buf));
+    const uint8_t* sp = reinterpret_cast<const uint8_t*>(buf.data());
+    const uint64_t pos = Load64(sp + 8);
+    if (pos == 0) return Status::NotFound();
+    if (Load64(sp) == h) {
+      if (pos > b.entries_end - b.entries_off) return Corrupt("hash slot out of range", soff);
+      const uint64_t off = b.entries_off + pos - 1;
+      if (!FitsIn(off, kDetsEntryOverhead + 1, b.entries_end)) {
+        return Corrupt("entry offset out of range", off);
+      }
+      KEYFS_RETURN_IF_ERROR(ReadChecked(b, off, kDetsEntryFixed, &buf));
+      uint64_t size;
+      KEYFS_RETURN_IF_ERROR(
+          CheckEntryHeader(b, off, reinterpret_cast<const uint8_t*>(buf.data()), &size));
+      KEYFS_RETURN_IF_ERROR(ReadChecked(b, off, size, &buf));
+      DetsEntry e{};
+      KEYFS_RETURN_IF_ERROR(
+          DecodeEntry(off, reinterpret_cast<const uint8_t*>(buf.data()), size, &e));
+      if (e.hash != h) return Corrupt("hash slot and entry disagree", soff);
+      if (e.key == key) {
+        *storage = std::move(buf);  // the views stay valid: the bytes do not move
+        return DecodeEntry(off, reinterpret_cast<const uint8_t*>(storage->data()), size, out);
+      }
+    }
+    slot = (slot + 1) & mask;
+  }
+  return Corrupt("hash table has no empty slot", b.index_off);
 }
 
 Status DetsFile::MayContain(uint64_t h) const {

@@ -1,7 +1,7 @@
 // DetsFile: one dets store file (FORMAT.md §3), read through a read-only mapping. Opening
-// checks the prefix, footer, header, bucket descriptors and the key index directory; the
-// hash tables and bloom filters are verified per 4 KiB chunk on first use, key index blocks
-// on first use, entries on every read. Internal to store/.
+// checks the prefix, footer, header, bucket descriptors and the key index directory and
+// reads the bloom filters into memory (verified); entries and hash tables are verified per
+// 4 KiB chunk on first use, key index blocks on first use. Internal to store/.
 #pragma once
 
 #include <sys/types.h>
@@ -30,7 +30,7 @@ struct DetsEntry {
   uint64_t size;    // of the whole entry, checksum included
 };
 
-// A bucket's descriptor (FORMAT.md §3.4), with the offsets it implies.
+// A bucket's descriptor (FORMAT.md §3.3), with the offsets it implies (§3.4).
 struct DetsBucket {
   uint64_t entries_off = 0, entries_end = 0, count = 0;
   uint64_t index_off = 0;  // hash table; 0 when the bucket is empty
@@ -78,6 +78,11 @@ class DetsFile {
   }
   // The hash table alone (after MayContain said OK).
   Status FindInTable(std::string_view key, uint64_t hash, DetsEntry* out) const;
+
+  // Like Find, but reads the hash table and the entry with pread into *storage (the views
+  // of *out point into it) instead of through the mapping: for writers, whose lookups must
+  // not grow the mapped (resident) part of a file far larger than memory.
+  Status FindCopy(std::string_view key, uint64_t hash, DetsEntry* out, std::string* storage) const;
 
   // Decodes and checks (bounds, checksum) the entry at `offset` of bucket `b`.
   Status ReadEntry(const DetsBucket& b, uint64_t offset, DetsEntry* out) const;
@@ -144,6 +149,10 @@ class DetsFile {
   Status Init(int fd, const std::string& path);
   Status Corrupt(const std::string& what, uint64_t off) const;
   Status LoadBlooms();
+  Status CheckEntryHeader(const DetsBucket& b, uint64_t off, const uint8_t* e,
+                          uint64_t* size) const;
+  Status DecodeEntry(uint64_t off, const uint8_t* e, uint64_t size, DetsEntry* out) const;
+  Status ReadChecked(const DetsBucket& b, uint64_t off, uint64_t len, std::string* out) const;
   Status ReadAt(uint64_t off, size_t len, uint8_t* dst) const;
   // Ensures chunk `c` of bucket `b`'s index region has been verified.
   Status CheckChunk(const DetsBucket& b, uint64_t c) const;

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -508,13 +507,7 @@ class Merger {
   }
 
   Status Run(MergeStats* stats) {
-    auto T = [] {
-      return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-          .count();
-    };
-    double t0 = T();
     KEYFS_RETURN_IF_ERROR(CollectChanges());
-    double t1 = T();
     uint8_t prefix[kDetsPrefixSize] = {};
     std::memcpy(prefix, kDetsMagic, 8);
     Store32(prefix + 8, kDetsVersion);
@@ -535,13 +528,9 @@ class Merger {
       KEYFS_RETURN_IF_ERROR(MergeBucket(t, c, end));
       c = end;
     }
-    double t2 = T();
     KEYFS_RETURN_IF_ERROR(MergeKeyIndex());
-    double t3 = T();
     KEYFS_RETURN_IF_ERROR(WriteHeader());
     KEYFS_RETURN_IF_ERROR(out_.Finish());
-    if (getenv("DETS_TIMING"))
-      fprintf(stderr, "collect+sort %.2f buckets %.2f keyindex %.2f\n", t1 - t0, t2 - t1, t3 - t2);
     if (stats != nullptr) {
       stats->entries = entries_;
       stats->file_size = out_.pos();

@@ -30,12 +30,15 @@ struct MergeStats {
 
 // Writes the merged file to `file` (fresh and empty) in one pass: every bucket's entries in
 // (hash, key) order followed by its hash table and bloom filter, then the key index, the
-// header and the footer. Old entries are read with pread through a fixed window and checked
-// (checksum, order, bucket) as they are copied; a damaged old file fails the merge with
-// Corruption. Memory: the sort arrays of the buffers (about 40 bytes per buffered key) plus
-// a fixed working set (read window, write buffer) plus one bucket's hash table and bloom
-// filter (about 30 bytes per entry of that bucket, 1/256 of the file's index) plus the key
-// index directory (24 bytes per 4 KiB block of keys). Does not sync the file.
+// header and the footer. Buckets and key index blocks that no buffered key falls into are
+// copied unchanged. The old file is read with pread through a fixed window, every chunk and
+// key block checked as it is read, entries checked for order and bucket; a damaged old file
+// fails the merge with Corruption. Two helper threads: one sorts the buffered keys by key
+// while this one sorts them by hash and writes the buckets, one appends the output.
+// Memory: the sort arrays (40 bytes per buffered key) plus a fixed working set (read
+// window 4 MiB, up to three 4 MiB write buffers) plus one bucket's hash table and bloom
+// filter (about 30 bytes per entry of that bucket: 1/256 of the file's index) plus the key
+// index directory (24 bytes per block of about 4 KiB of keys). Does not sync the file.
 Status WriteMergedFile(const MergeInput& in, WritableFile* file, MergeStats* stats);
 
 // Writes an empty dets file (no entries) of generation 1.

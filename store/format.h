@@ -118,7 +118,7 @@ constexpr uint32_t kDetsBucketDescSize = 48;
 constexpr uint32_t kDetsHeaderSize = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize + 8;
 constexpr uint64_t kDetsFooterSize = 8;  // the header's offset, the file's last 8 bytes
 
-// Entry field offsets (FORMAT.md §3.3).
+// Entry field offsets (FORMAT.md §3.5).
 enum DetsEntryField : uint32_t {
   kEHash = 0,
   kESize = 8,

@@ -60,7 +60,7 @@ Status CheckParent(MutableTree& tree, std::string_view key, bool make_parents, c
 }  // namespace
 
 Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int64_t now_ns) {
-  KEYFS_RETURN_IF_ERROR(ValidateKey(m.key).WithContext(Quote(m.key)));
+  if (Status vs = ValidateKey(m.key); !vs.ok()) return vs.WithContext(Quote(m.key));
   TreeValue cur;
   Status found = tree.Lookup(m.key, &cur);
   if (!found.ok() && !found.IsNotFound()) return found;
@@ -118,7 +118,7 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
 
   // Rename.
   const std::string_view from = m.key, to = m.target;
-  KEYFS_RETURN_IF_ERROR(ValidateKey(to).WithContext(Quote(to)));
+  if (Status vs = ValidateKey(to); !vs.ok()) return vs.WithContext(Quote(to));
   if (!exists) return Status::NotFound(Quote(from));
   const bool exchange = m.rename_flags & kRenameExchange;
   if (exchange && (m.rename_flags & kRenameNoReplace)) {

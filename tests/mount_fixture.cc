@@ -377,9 +377,11 @@ KeyfsDaemon::KeyfsDaemon(std::string store, std::string mountpoint, std::string 
 
 KeyfsDaemon::~KeyfsDaemon() { Cleanup(); }
 
-std::string KeyfsDaemon::Start(const std::string& options) {
+std::string KeyfsDaemon::Start(const std::string& options,
+                               const std::vector<std::string>& extra_args) {
   if (pid_ != 0) return "already running";
   std::vector<std::string> argv = {KEYFS_BIN, store_, mountpoint_, "-f"};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   if (!options.empty()) {
     argv.push_back("-o");
     argv.push_back(options);

@@ -83,10 +83,10 @@ class KeyfsDaemon {
   KeyfsDaemon(const KeyfsDaemon&) = delete;
   KeyfsDaemon& operator=(const KeyfsDaemon&) = delete;
 
-  // Starts `keyfs STORE MOUNTPOINT -f [-o options]` and waits up to 10 s for the mount.
-  // Returns "" once mounted, else what went wrong (with the daemon's output); on failure
-  // nothing is left running.
-  std::string Start(const std::string& options);
+  // Starts `keyfs STORE MOUNTPOINT -f [extra_args...] [-o options]` and waits up to 10 s for
+  // the mount. Returns "" once mounted, else what went wrong (with the daemon's output); on
+  // failure nothing is left running.
+  std::string Start(const std::string& options, const std::vector<std::string>& extra_args = {});
   // `fusermount3 -u`, retried while busy (up to 10 s), then reaps the daemon (10 s).
   // Returns its exit status, 128 + signal, or -1 (still running / unmount refused).
   int Unmount();
@@ -157,7 +157,7 @@ class MountTest : public ::testing::Test {
   // keyfsctl args... on this test's files.
   CommandResult Ctl(const std::vector<std::string>& args, const std::string& input = "");
   // keyfs args... (the binary under test, run directly).
-  CommandResult Keyfs(const std::vector<std::string>& args, int timeout_s = 30);
+  CommandResult Keyfs(const std::vector<std::string>& args, int timeout_s = 15);
 
   std::string engine_ = "snapshot";
   // Per-test budget: past it the watchdog kills the daemons and fails the test.

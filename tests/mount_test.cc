@@ -80,26 +80,32 @@ std::string ReadLink(const std::string& path) {
 std::string Versioned(size_t len, char letter) {
   return std::to_string(len) + ":" + std::string(len, letter);
 }
+// Run-length summary of `v`, e.g. "\"300:\" + 'q' x300 + '\\0' x8701".
+std::string Runs(const std::string& v, size_t from) {
+  std::string r = ::testing::PrintToString(v.substr(0, from));
+  int runs = 0;
+  for (size_t i = from; i < v.size() && runs < 6; ++runs) {
+    size_t j = i;
+    while (j < v.size() && v[j] == v[i]) ++j;
+    r += " + " + ::testing::PrintToString(v[i]) + " x" + std::to_string(j - i);
+    i = j;
+  }
+  return r;
+}
+
 // "" if `v` is a whole Versioned value, else what is wrong with it.
 std::string CheckVersioned(const std::string& v) {
-  size_t colon = v.find(':');
   if (v.empty()) return "empty read";
-  if (colon == std::string::npos || colon == 0 || colon > 10) return "no length header";
+  size_t colon = v.find(':');
+  if (colon == std::string::npos || colon == 0 || colon > 10 ||
+      v.find_first_not_of("0123456789") != colon) {
+    return "no length header: " + Runs(v, 0);
+  }
   size_t len = std::stoul(v.substr(0, colon));
-  if (v.size() != colon + 1 + len) {
-    return "length " + std::to_string(v.size() - colon - 1) + ", header says " +
-           std::to_string(len);
-  }
-  if (len > 0) {
-    char c = v[colon + 1];
-    if (c == '\0') return "zeros";
-    for (size_t i = colon + 1; i < v.size(); ++i) {
-      if (v[i] != c) {
-        return std::string("mixed at ") + std::to_string(i) + (v[i] == '\0' ? " (zeros)" : "");
-      }
-    }
-  }
-  return "";
+  bool whole = v.size() == colon + 1 + len;
+  for (size_t i = colon + 2; whole && i < v.size(); ++i) whole = v[i] == v[colon + 1];
+  if (whole && (len == 0 || v[colon + 1] != '\0')) return "";
+  return "torn: " + std::to_string(v.size()) + " bytes: " + Runs(v, colon + 1);
 }
 
 // A number field of the stats JSON ("name": 123); -1 if absent.
@@ -336,6 +342,30 @@ TEST_F(MountTest, KeyBelowASymlinkIsEnotdir) {
   EXPECT_EQ(Ctl({"list", store()}).out, "file\nlink\n");
 }
 
+// §3: keys are byte strings: any byte but NUL and '/' in a name, as on any filesystem.
+TEST_F(MountTest, NamesAreByteStrings) {
+  const std::vector<std::string> names = {
+      "with space",    "tab\there",   "new\nline", "caf\xc3\xa9", "\xff\xfe raw bytes",
+      "-leading-dash", "...",         ".hidden",   "..x",         "a=b;c&d|e",
+      "*?[glob]",      "\\backslash", "'\"quotes"};
+  for (const std::string& n : names) {
+    ASSERT_EQ(WriteFile(P(n), "value of " + n), 0) << testing::PrintToString(n);
+  }
+  ASSERT_EQ(mkdir(P("dir \xe2\x98\x83").c_str(), 0755), 0);
+  ASSERT_EQ(WriteFile(P("dir \xe2\x98\x83/inner \x01"), "x"), 0);
+  std::vector<std::string> want = names;
+  want.push_back("dir \xe2\x98\x83");
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(ListDir(P("")), want);
+  for (const std::string& n : names) EXPECT_EQ(Cat(P(n)), "value of " + n);
+  EXPECT_EQ(ListDir(P("dir \xe2\x98\x83")), std::vector<std::string>{"inner \x01"});
+  CommandResult r = Ctl({"get", store(), "caf\xc3\xa9"});
+  EXPECT_EQ(r.out, "value of caf\xc3\xa9");
+  ASSERT_NO_FATAL_FAILURE(Remount());
+  EXPECT_EQ(ListDir(P("")), want);
+  EXPECT_EQ(Cat(P("\xff\xfe raw bytes")), "value of \xff\xfe raw bytes");
+}
+
 // ---- lookup, getattr ----
 
 // §3: st_size is the value's length, modes default to 0644/0755, st_ino is stable per key
@@ -481,7 +511,7 @@ TEST_F(MountTest, PreadAtAnyOffsetAndSize) {
   ASSERT_FALSE(ro.empty());
   ASSERT_TRUE(WaitFor([&] { return Lstat(ro + "/blob").st_size == 200000; }));
   for (const std::string& path : {P("blob"), ro + "/blob"}) {
-    int fd = open(path.c_str(), O_RDONLY);
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     ASSERT_GE(fd, 0) << path;
     for (off_t off : {0, 1, 511, 4095, 4096, 4097, 65535, 65536, 131071, 199999, 200000, 250000}) {
       for (size_t size : {0, 1, 100, 4096, 4097, 65536, 131072, 200000}) {
@@ -918,6 +948,34 @@ TEST_F(MountTest, ConcurrentWritersToDifferentKeysLoseNothing) {
   ASSERT_NO_FATAL_FAILURE(Remount());
   EXPECT_EQ(ListDir(P("")).size(), static_cast<size_t>(kThreads * (kRounds + 1)));
   EXPECT_EQ(Cat(P("w0")), "thread 0 round " + std::to_string(kRounds - 1));
+}
+
+// §3 concurrency: more concurrent writers in one directory than the daemon has worker
+// threads. Every commit invalidates a dentry of that directory while creators hold its lock
+// and wait for a worker: the daemon must not run out of threads that can answer them.
+TEST_F(MountTest, ManyConcurrentCreatorsInOneDirectoryDoNotDeadlock) {
+  constexpr int kThreads = 48, kRounds = 4;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  std::atomic<int> first_error{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        for (const std::string& key :
+             {"c" + std::to_string(t) + "-" + std::to_string(i), "c" + std::to_string(t)}) {
+          int e = WriteFile(P(key), key);
+          if (e != 0) {
+            ++failures;
+            int zero = 0;
+            first_error.compare_exchange_strong(zero, e);
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0) << "first error: " << Err(first_error.load());
+  EXPECT_EQ(ListDir(P("")).size(), static_cast<size_t>(kThreads * (kRounds + 1)));
 }
 
 // ---- directories ----
@@ -1417,6 +1475,11 @@ TEST_F(MountTest, RepeatedReadsAreServedFromKernelCaches) {
     for (int i = 0; i < 200; ++i) ASSERT_EQ(Cat(m + "/k"), std::string(3000, 'v'));
     const int64_t after = JsonNumber(Cat(m + "/.keyfs/stats"), "reads");
     EXPECT_LE(after - before, 20) << m << ": 200 reads of an unchanged key reached the daemon";
+    // Lookups of cached entries neither.
+    const int64_t lookups_before = JsonNumber(Cat(m + "/.keyfs/stats"), "lookups");
+    for (int i = 0; i < 200; ++i) ASSERT_EQ(Lstat(m + "/k").st_size, 3000);
+    const int64_t lookups_after = JsonNumber(Cat(m + "/.keyfs/stats"), "lookups");
+    EXPECT_LE(lookups_after - lookups_before, 10) << m << ": stat of a cached key";
   }
 }
 
@@ -1524,6 +1587,8 @@ TEST_F(MountTest, RsyncArchiveRoundTrip) {
   EXPECT_EQ(TreeMeta(P("r")), TreeMeta(Local("src/tree")));
   EXPECT_EQ(Sh("ls -a $MNT/r/etc/app").out, ".\n..\napp.conf\nblob-link\nconf.d\ncurrent\nsecret\n")
       << "no rsync temp file left";
+  r = Sh("rsync -a $MNT/ whole/ && ls -a whole");
+  EXPECT_EQ(r.out, ".\n..\nr\n") << "rsync of the whole mount must not copy .keyfs: " << r.err;
 }
 
 TEST_F(MountTest, TarRoundTrip) {
@@ -1677,8 +1742,7 @@ size_t HammerLength(uint64_t i) {
 // `write_path` for `duration`, alternating O_TRUNC rewrites with in-place rewrites that
 // grow or shrink the value through the old version's inode.
 void Hammer(const std::string& write_path, const std::vector<std::string>& read_paths,
-            std::chrono::milliseconds duration, HammerResult* res,
-            const std::function<void()>& extra_reader = nullptr) {
+            std::chrono::milliseconds duration, HammerResult* res) {
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
   for (size_t t = 0; t < 3 * read_paths.size(); ++t) {
@@ -1687,7 +1751,7 @@ void Hammer(const std::string& write_path, const std::vector<std::string>& read_
       std::string v;
       char buf[4096];
       while (!stop) {
-        int fd = open(path.c_str(), O_RDONLY);
+        int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
           ++res->errors;
           res->Problem(path + ": open: " + Err(errno));
@@ -1713,11 +1777,6 @@ void Hammer(const std::string& write_path, const std::vector<std::string>& read_
       }
     });
   }
-  if (extra_reader) {
-    threads.emplace_back([&] {
-      while (!stop) extra_reader();
-    });
-  }
   const auto end = std::chrono::steady_clock::now() + duration;
   for (uint64_t i = 1; std::chrono::steady_clock::now() < end; ++i) {
     const std::string v = Versioned(HammerLength(i), static_cast<char>('a' + i % 26));
@@ -1725,7 +1784,7 @@ void Hammer(const std::string& write_path, const std::vector<std::string>& read_
     if (i % 2) {
       e = WriteFile(write_path, v, O_WRONLY | O_TRUNC);
     } else {
-      int fd = open(write_path.c_str(), O_RDWR);
+      int fd = open(write_path.c_str(), O_RDWR | O_CLOEXEC);
       e = fd < 0 ? errno : 0;
       if (e == 0 && pwrite(fd, v.data(), v.size(), 0) != static_cast<ssize_t>(v.size())) e = errno;
       if (e == 0 && ftruncate(fd, static_cast<off_t>(v.size())) != 0) e = errno;
@@ -1745,27 +1804,53 @@ void Hammer(const std::string& write_path, const std::vector<std::string>& read_
 // read-write mount they share with the writer; keyfsctl get neither.
 TEST_F(MountTest, ReadersNeverSeeTornValuesOnTheWritersMount) {
   ASSERT_EQ(WriteFile(P("hot"), Versioned(10, 'z')), 0);
+  // keyfsctl get in a loop from a separate shell, started before the writer opens anything:
+  // a fork of this process while the writer has its file open would send the kernel's FLUSH
+  // for it (see ForkExecWhileWritingPublishesNothing).
+  const char* checker = R"sh(end=$(( $(date +%s) + 5 )); n=0; bad=0
+while [ "$(date +%s)" -lt $end ]; do
+  if ! v=$("$KEYFSCTL" get "$STORE" hot); then bad=$((bad+1)); echo "get failed" >> ctl.bad; continue; fi
+  n=$((n+1)); len=${v%%:*}; body=${v#*:}
+  rest=$(printf %s "$body" | tr -d "$(printf %.1s "$body")")
+  if [ "${#body}" != "$len" ] || [ -n "$rest" ]; then
+    bad=$((bad+1)); echo "torn: ${#body} bytes after header $len" >> ctl.bad
+  fi
+done
+echo "$n $bad" > ctl.done
+)sh";
+  ASSERT_EQ(WriteFile(Local("ctl-check.sh"), checker), 0);
+  ASSERT_EQ(Sh("sh ctl-check.sh < /dev/null > /dev/null 2>&1 &").status, 0);
   HammerResult res;
-  std::atomic<uint64_t> ctl_reads{0}, ctl_bad{0};
-  Hammer(P("hot"), {P("hot")}, 4s, &res, [&] {
-    CommandResult r = Ctl({"get", store(), "hot"});
-    ++ctl_reads;
-    std::string why = r.status == 0 ? CheckVersioned(r.out) : "keyfsctl: " + r.err;
-    if (!why.empty()) {
-      ++ctl_bad;
-      res.Problem("keyfsctl get: " + why);
-    }
-  });
+  Hammer(P("hot"), {P("hot")}, 4s, &res);
   EXPECT_EQ(res.bad.load(), 0u) << res.Report();
   EXPECT_EQ(res.errors.load(), 0u) << res.Report();
   EXPECT_EQ(res.write_errors.load(), 0u) << res.Report();
-  EXPECT_EQ(ctl_bad.load(), 0u) << res.Report();
   EXPECT_GT(res.writes.load(), 10u);
   EXPECT_GT(res.lengths_seen.size(), 2u) << "readers saw too few versions to mean anything";
-  std::printf("[ info ] %lu reads, %lu writes, %zu lengths seen, %lu keyfsctl reads\n",
+  ASSERT_TRUE(WaitFor([&] { return Exists(Local("ctl.done")); }, 15s));
+  std::string ctl = Cat(Local("ctl.done"));
+  EXPECT_NE(ctl.rfind("0", 0), 0u) << "keyfsctl get never ran";
+  EXPECT_EQ(ctl.substr(ctl.find(' ') + 1), "0\n")
+      << "keyfsctl reads: " << ctl << Cat(Local("ctl.bad")).substr(0, 2000);
+  std::printf("[ info ] %lu reads, %lu writes, %zu lengths seen; keyfsctl reads, bad: %s",
               static_cast<unsigned long>(res.reads.load()),
-              static_cast<unsigned long>(res.writes.load()), res.lengths_seen.size(),
-              static_cast<unsigned long>(ctl_reads.load()));
+              static_cast<unsigned long>(res.writes.load()), res.lengths_seen.size(), ctl.c_str());
+}
+
+// §3: "before close nobody else sees partial data" also when the writing process forks and
+// execs meanwhile (any multi-threaded program running a command): the child's copy of the
+// descriptor is closed at exec, and the kernel sends FLUSH for it.
+TEST_F(MountTest, ForkExecWhileWritingPublishesNothing) {
+  ASSERT_EQ(WriteFile(P("k"), "old value, long enough"), 0);
+  int fd = open(P("k").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "NEW", 3, 0), 3);
+  EXPECT_EQ(RunCommand({"true"}).status, 0);  // fork + exec: the child closes its copy
+  EXPECT_EQ(Cat(P("k")), "old value, long enough");
+  EXPECT_EQ(Ctl({"get", store(), "k"}).out, "old value, long enough");
+  ASSERT_EQ(ftruncate(fd, 3), 0);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_EQ(Cat(P("k")), "NEW");
 }
 
 // §3: the same for readers on a second, -o ro mount of the store.
@@ -2147,6 +2232,51 @@ TEST_F(MountCommandLineTest, UnmountAndSignalsEndTheDaemonWithStatusZero) {
   EXPECT_EQ(WaitPid(daemon()->pid(), 10s), 0);
   daemon()->Adopt(0);
   EXPECT_EQ(Ctl({"list", store()}).out, "a\ns15\ns2\n");
+}
+
+// §2: -s and -d are accepted; -d logs at debug level on stderr.
+TEST_F(MountCommandLineTest, SingleThreadAndDebugFlags) {
+  ASSERT_EQ(daemon()->Start(MountOptions(""), {"-s"}), "");
+  ASSERT_EQ(WriteFile(P("k"), "v"), 0);
+  EXPECT_EQ(Cat(P("k")), "v");
+  EXPECT_EQ(daemon()->Unmount(), 0);
+  ASSERT_EQ(daemon()->Start(MountOptions(""), {"-d"}), "");
+  ASSERT_EQ(WriteFile(P("debug-key"), "v"), 0);
+  EXPECT_EQ(daemon()->Unmount(), 0);
+  EXPECT_NE(daemon()->Log().find("debug"), std::string::npos) << daemon()->Log();
+}
+
+// §2: a snapshot store takes several writers (mounts and keyfsctl); a dets store has one,
+// and whoever else wants to write is refused with the holder's pid.
+TEST_F(MountCommandLineTest, SecondWriterOfTheStore) {
+  ASSERT_EQ(daemon()->Start(MountOptions("")), "");
+  ASSERT_EQ(WriteFile(P("k"), "v"), 0);
+  const std::string second = Local("mnt-second");
+  ASSERT_EQ(mkdir(second.c_str(), 0755), 0);
+  const std::string pid = std::to_string(daemon()->pid());
+  if (engine_ == "dets") {
+    CommandResult r = Keyfs({store(), second, "-o", "engine=dets"});
+    if (r.status == 0) {  // mounted after all: do not leave it behind
+      RunCommand({"fusermount3", "-u", "-z", second});
+      if (pid_t p = FindKeyfsServing(second)) kill(p, SIGKILL);
+    }
+    EXPECT_EQ(r.status, 1);
+    EXPECT_TRUE(IsOneKeyfsLine(r.err));
+    EXPECT_NE(r.err.find(pid), std::string::npos) << "name the pid: " << r.err;
+    r = Ctl({"put", store(), "x", "y"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find(pid), std::string::npos) << r.err;
+    EXPECT_EQ(Ctl({"get", store(), "k"}).status, 0) << "reading is always allowed";
+  } else {
+    KeyfsDaemon other(store(), second, Local("second.log"));
+    ASSERT_EQ(other.Start("engine=" + engine_), "");
+    EXPECT_EQ(WriteFile(second + "/k2", "from the second writer"), 0);
+    EXPECT_EQ(Ctl({"put", store(), "k3", "from keyfsctl"}).status, 0);
+    EXPECT_TRUE(WaitFor([&] { return Cat(P("k2")) == "from the second writer"; }));
+    EXPECT_TRUE(WaitFor([&] { return Cat(second + "/k3") == "from keyfsctl"; }));
+    EXPECT_EQ(other.Unmount(), 0);
+  }
+  EXPECT_EQ(daemon()->Unmount(), 0);
 }
 
 // §2: mount(8)'s generic options are accepted; libfuse's pass through.
