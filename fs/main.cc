@@ -249,6 +249,7 @@ int main(int argc, char** argv) {
   open_options.read_only = o.ro;
   open_options.watch = true;
   open_options.create = o.create;
+  open_options.sync_interval_s = o.sync_interval;
   if (o.engine != nullptr) {
     auto kind = keyfs::ParseEngineKind(o.engine);
     if (!kind.ok()) Die(std::string(kind.status().message()));
