@@ -702,6 +702,13 @@ struct Filesystem::Impl {
     num("last_commit_duration_ns", static_cast<uint64_t>(s.last_commit_duration_ns));
     num("buffered_writes", s.buffered_writes);
     j += std::string("  \"syncing\": ") + (s.syncing ? "true" : "false") + ",\n";
+    num("syncs", s.syncs);
+    num("sync_errors", s.sync_errors);
+    num("last_sync_unix_ns", static_cast<uint64_t>(s.last_sync_ns));
+    num("last_sync_duration_ns", static_cast<uint64_t>(s.last_sync_duration_ns));
+    char fp[32];
+    std::snprintf(fp, sizeof fp, "%.3g", s.bloom_fp_estimate);
+    j += std::string("  \"bloom_fp_estimate\": ") + fp + ",\n";
     num("reads", n_reads.load());
     num("writes", n_writes.load());
     num("lookups", n_lookups.load());

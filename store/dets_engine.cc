@@ -784,6 +784,9 @@ class DetsEngineImpl final : public Engine {
     s.last_commit_ns = file->sync_time_ns();
     s.last_commit_duration_ns = last_commit_duration_ns_.load(std::memory_order_relaxed);
     s.buffered_writes = buffered;
+    s.syncs = syncs_.load(std::memory_order_relaxed);
+    s.sync_errors = sync_errors_.load(std::memory_order_relaxed);
+    s.bloom_fp_estimate = file->bloom_fp_estimate();
     Status last_error;
     int64_t last_sync_ns;
     {
@@ -791,6 +794,8 @@ class DetsEngineImpl final : public Engine {
       s.syncing = syncing_;
       last_error = last_error_;
       last_sync_ns = last_sync_duration_ns_;
+      s.last_sync_ns = last_sync_end_ns_ != 0 ? last_sync_end_ns_ : file->sync_time_ns();
+      s.last_sync_duration_ns = last_sync_duration_ns_;
     }
     auto& x = s.extra;
     x.emplace_back("entries in file", std::to_string(file->entry_count()));
@@ -935,6 +940,7 @@ class DetsEngineImpl final : public Engine {
       }
       l.lock();
       last_sync_duration_ns_ = MonoNs() - t0;
+      if (s.ok()) last_sync_end_ns_ = NowNs();
       finished_ = attempt;
       last_error_ = s;
       if (!s.ok()) sync_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -1201,6 +1207,7 @@ class DetsEngineImpl final : public Engine {
   uint64_t frozen_count_ = 0;
   Status last_error_;
   int64_t last_sync_duration_ns_ = 0;
+  int64_t last_sync_end_ns_ = 0;  // wall clock; 0 until a sync of this object completes
   std::thread syncer_;
 
   std::mutex refresh_mu_;

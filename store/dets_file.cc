@@ -266,6 +266,14 @@ Status DetsFile::ReadAt(uint64_t off, size_t len, uint8_t* dst) const {
   return Status::OK();
 }
 
+double DetsFile::bloom_fp_estimate() const {
+  double sum = 0;
+  for (const DetsBucket& b : buckets_) {
+    sum += BlockedBloomFpRate(b.count, b.bloom_blocks, kDetsBloomBlockBytes * 8, bloom_k_);
+  }
+  return sum / kDetsBuckets;
+}
+
 uint64_t DetsFile::bloom_bits() const {
   uint64_t bits = 0;
   for (const DetsBucket& b : buckets_) bits += b.bloom_blocks * kDetsBloomBlockBytes * 8;

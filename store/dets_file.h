@@ -139,6 +139,9 @@ class DetsFile {
   uint64_t last_version() const { return last_version_; }
   uint32_t bloom_k() const { return bloom_k_; }
   uint64_t bloom_bits() const;
+  // Fraction of lookups of absent keys expected to get past the bloom filters (a miss
+  // lands in each bucket with probability 1/256; an empty bucket has no filter to pass).
+  double bloom_fp_estimate() const;
   uint64_t hash_slots() const;
   const DetsBucket& bucket(uint32_t t) const { return buckets_[t]; }
   const std::vector<DetsKeyBlock>& key_blocks() const { return key_blocks_; }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
@@ -75,6 +76,22 @@ inline BloomProbe Bloom(uint64_t h, uint64_t blocks) {
   uint64_t m = (h ^ (h >> 29)) * 0x9E3779B97F4A7C15ULL;
   uint32_t a = static_cast<uint32_t>(m);
   return {((m >> 32) * blocks) >> 32, a, (a >> 17) | (a << 15)};
+}
+
+// Expected false-positive rate of a blocked bloom filter: `keys` spread over `blocks` blocks
+// of `block_bits` bits, `k` bits set per key inside its block. Block loads are Poisson
+// distributed; a block holding j keys lets a miss through with (1 - (1 - 1/B)^(k j))^k.
+inline double BlockedBloomFpRate(uint64_t keys, uint64_t blocks, uint32_t block_bits, uint32_t k) {
+  if (keys == 0 || blocks == 0 || block_bits == 0) return 0;
+  const double lambda = static_cast<double>(keys) / static_cast<double>(blocks);
+  const double miss_bit = 1.0 - 1.0 / block_bits;
+  const uint64_t last = static_cast<uint64_t>(lambda + 12 * std::sqrt(lambda) + 20);
+  double p = std::exp(-lambda), fp = 0;
+  for (uint64_t j = 0; j <= last; ++j) {
+    fp += p * std::pow(1.0 - std::pow(miss_bit, static_cast<double>(k) * j), k);
+    p *= lambda / static_cast<double>(j + 1);
+  }
+  return fp;
 }
 
 inline uint32_t Load32(const uint8_t* p) {

@@ -205,6 +205,12 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     s.external_reloads = external_reloads_.load(std::memory_order_relaxed);
     s.last_commit_ns = t->commit_time_ns();
     s.last_commit_duration_ns = last_commit_duration_ns_.load(std::memory_order_relaxed);
+    // Every commit is durable when it returns: a commit is a sync.
+    s.syncs = s.rebuilds;
+    s.sync_errors = s.commit_errors;
+    s.last_sync_ns = s.last_commit_ns;
+    s.last_sync_duration_ns = s.last_commit_duration_ns;
+    s.bloom_fp_estimate = t->bloom_fp_estimate();
     s.extra.emplace_back("hash slots", std::to_string(t->slot_count()));
     s.extra.emplace_back("bloom bits", std::to_string(t->bloom_bits()));
     s.extra.emplace_back("bloom k", std::to_string(t->bloom_k()));

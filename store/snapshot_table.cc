@@ -477,4 +477,8 @@ Status SnapshotTable::VerifyAll(std::vector<std::string>* report) const {
   return Status::OK();
 }
 
+double SnapshotTable::bloom_fp_estimate() const {
+  return BlockedBloomFpRate(entry_count(), bloom_blocks_, kBloomBlockBytes * 8, bloom_k_);
+}
+
 }  // namespace keyfs

@@ -117,6 +117,13 @@ struct EngineStats {
   int64_t last_commit_duration_ns = 0;  // by this engine object
   uint64_t buffered_writes = 0;         // dets
   bool syncing = false;                 // dets
+  // Durability. Snapshot: every commit is a sync. Dets: merges of the write buffer into
+  // the file; before the first one, last_sync_ns is the time the served file was written.
+  uint64_t syncs = 0, sync_errors = 0;  // by this engine object
+  int64_t last_sync_ns = 0;             // wall clock of the last completed sync
+  int64_t last_sync_duration_ns = 0;
+  // Expected fraction of lookups of absent keys that the bloom filter lets through.
+  double bloom_fp_estimate = 0;
   std::vector<std::pair<std::string, std::string>> extra;  // engine-specific, for `info`
 };
 

@@ -67,6 +67,8 @@ class SnapshotTable {
   uint64_t slot_count() const { return uint64_t{1} << slot_bits_; }
   uint64_t bloom_bits() const { return bloom_blocks_ * 512; }
   uint32_t bloom_k() const { return bloom_k_; }
+  // Fraction of lookups of absent keys expected to get past the bloom filter.
+  double bloom_fp_estimate() const;
   const std::string& path() const { return path_; }
   dev_t dev() const { return dev_; }
   ino_t ino() const { return ino_; }
