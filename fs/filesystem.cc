@@ -1288,10 +1288,10 @@ struct Filesystem::Impl {
           e.attr_timeout = e.entry_timeout = timeout();
           FillAttr(child_ino, rec->meta, rec->value.size(), &e.attr);
         } else {
-          FillAttr(table.InoOf(key), d.meta, d.size, &e.attr);
+          FillAttr(KeyIno(key), d.meta, d.size, &e.attr);
         }
       } else {
-        FillAttr(table.InoOf(JoinKey(dir, name)), d.meta, d.size, &e.attr);
+        FillAttr(KeyIno(JoinKey(dir, name)), d.meta, d.size, &e.attr);
       }
       if (!add(name.c_str(), e.attr, pos + 1, &e)) {
         if (id != 0) table.Forget(id, 1);  // the kernel never saw this entry

@@ -1,6 +1,8 @@
 // InodeTable: nodeid <-> (key, version) bookkeeping, kept apart from the store.
 #include "inode_table.h"
 
+#include <xxhash.h>
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -45,17 +47,17 @@ Node* InodeTable::FindLocked(uint64_t id) {
   return it == nodes_.end() ? nullptr : it->second.get();
 }
 
-uint64_t InodeTable::InoForLocked(const std::string& key) {
-  auto [it, inserted] = inos_.try_emplace(key, 0);
-  if (inserted) it->second = next_ino_++;
-  return it->second;
+uint64_t KeyIno(std::string_view key) {
+  if (key.empty()) return kRootId;
+  const uint64_t h = XXH3_64bits(key.data(), key.size());
+  return h < kFirstDynamicId ? h + kFirstDynamicId : h;
 }
 
 Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
   auto n = std::make_unique<Node>();
   n->id = next_id_++;
   n->key = key;
-  n->ino = InoForLocked(key);
+  n->ino = KeyIno(key);
   n->type = rec.meta.type;
   n->version = rec.version;
   n->rec = CompactRecord(rec);
@@ -198,11 +200,6 @@ void InodeTable::CloseHandle(uint64_t id, bool cached_reader, bool writer) {
   if (cached_reader && n->cached_readers > 0) --n->cached_readers;
   if (writer && n->writers > 0) --n->writers;
   MaybeEraseLocked(n);
-}
-
-uint64_t InodeTable::InoOf(const std::string& key) {
-  std::lock_guard<std::mutex> l(mu_);
-  return InoForLocked(key);
 }
 
 size_t InodeTable::size() {

@@ -44,6 +44,11 @@ struct Node {
   bool unlinked = false;        // removed through this mount: pending writes are dropped
 };
 
+// The st_ino of `key`: a 64-bit hash of the key, so it is stable across versions, remounts
+// and daemons without a table that grows with every key ever listed (a `find` over 10M
+// keys). Never one of the reserved ids. Two keys share one only with probability ~n^2/2^65.
+uint64_t KeyIno(std::string_view key);
+
 // The record a node keeps: small values copied (so nodes the kernel keeps for long do not
 // pin whole store tables), large ones pinned in place.
 Record CompactRecord(const Record& rec);
@@ -95,23 +100,17 @@ class InodeTable {
   // Handle accounting; the node is kept while handles are open.
   void CloseHandle(uint64_t id, bool cached_reader, bool writer);
 
-  // The st_ino of `key` (allocated on first use, stable while the daemon runs).
-  uint64_t InoOf(const std::string& key);
-
   size_t size();
 
  private:
   Node* FindLocked(uint64_t id);
   Node* NewNodeLocked(const std::string& key, const Record& rec);
   void MaybeEraseLocked(Node* n);
-  uint64_t InoForLocked(const std::string& key);
 
   std::mutex mu_;
   uint64_t next_id_ = kFirstDynamicId;
-  uint64_t next_ino_ = kFirstDynamicId;
   std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_;
   std::map<std::string, std::vector<Node*>, std::less<>> by_key_;
-  std::unordered_map<std::string, uint64_t> inos_;            // st_ino per key
   std::unordered_map<std::string, uint64_t> writer_pending_;  // key -> version
 };
 
