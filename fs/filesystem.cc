@@ -464,7 +464,7 @@ struct Filesystem::Impl {
       fuse_reply_err(req, err);
       return;
     }
-    auto rec = engine->Get(key);
+    auto rec = engine->GetInDirectory(key);
     if (rec.status().IsNotFound()) {
       fuse_entry_param e;  // a negative entry, cached like any other
       std::memset(&e, 0, sizeof(e));

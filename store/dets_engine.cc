@@ -514,9 +514,21 @@ class DetsEngineImpl final : public Engine {
 
   std::string_view name() const override { return "dets"; }
 
-  StatusOr<keyfs::Record> Get(std::string_view key) const override {
+  StatusOr<keyfs::Record> Get(std::string_view key) const override { return Find(key, true); }
+  StatusOr<keyfs::Record> GetInDirectory(std::string_view key) const override {
+    return Find(key, false);
+  }
+
+  // Get; with `why_missing`, a miss below the top level looks at the ancestors to tell
+  // NotDirectory from NotFound.
+  StatusOr<keyfs::Record> Find(std::string_view key, bool why_missing) const {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
-    if (key.empty()) return keyfs::Record{Meta::Dir(), 0, {}, nullptr};
+    if (key.empty()) {  // the root: implicit, dated by the served file
+      std::shared_lock<std::shared_mutex> l(mu_);
+      Meta m = Meta::Dir();
+      m.mtime_ns = m.ctime_ns = file_->sync_time_ns();
+      return keyfs::Record{m, 0, {}, nullptr};
+    }
     const uint64_t h = format::HashKey(key);
     DetsFileRef file;
     {
@@ -524,7 +536,7 @@ class DetsEngineImpl final : public Engine {
       const Layers layers = LayersLocked();
       const WriteBuffer* layer = nullptr;
       if (const BufRecord* r = layers.Buffered(key, h, &layer)) {
-        if (r->tombstone) return layers.MissingReason(key);
+        if (r->tombstone) return why_missing ? layers.MissingReason(key) : Status::NotFound();
         return keyfs::Record{r->meta(), r->version, r->value_view(), PinOf(layer)};
       }
       // Misses usually end at the bloom filter, here, without touching the file's reference
@@ -535,7 +547,7 @@ class DetsEngineImpl final : public Engine {
         Status s = file_->MayContain(h);
         if (s.IsNotFound()) {
           tl_lookup_stats.Count(false);
-          if (key.find('/') == std::string_view::npos) return s;
+          if (!why_missing || key.find('/') == std::string_view::npos) return s;
           return layers.MissingReason(key);
         }
         if (!s.ok()) return s;
@@ -547,7 +559,7 @@ class DetsEngineImpl final : public Engine {
     tl_lookup_stats.Count(s.ok());
     if (s.ok()) return keyfs::Record{e.meta, e.version, e.value, std::move(file)};
     if (!s.IsNotFound()) return s;
-    if (key.find('/') == std::string_view::npos) return s;
+    if (!why_missing || key.find('/') == std::string_view::npos) return s;
     std::shared_lock<std::shared_mutex> l(mu_);
     return LayersLocked().MissingReason(key);
   }

@@ -142,7 +142,12 @@ class SnapshotEngineImpl final : public SnapshotEngine {
 
   TableRef Current() const override { return current_.load(std::memory_order_acquire); }
 
-  StatusOr<Record> Get(std::string_view key) const override {
+  StatusOr<Record> Get(std::string_view key) const override { return Find(key, true); }
+  StatusOr<Record> GetInDirectory(std::string_view key) const override { return Find(key, false); }
+
+  // Get; with `why_missing`, a miss looks at the ancestors to tell NotDirectory from
+  // NotFound.
+  StatusOr<Record> Find(std::string_view key, bool why_missing) const {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
     TableRef t = Current();
     if (key.empty()) {  // the root: implicit, dated by the last commit
@@ -152,7 +157,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     }
     EntryRef e;
     Status s = t->Find(key, &e);
-    if (s.IsNotFound()) return MissingReason(*t, key);
+    if (s.IsNotFound()) return why_missing ? MissingReason(*t, key) : s;
     if (!s.ok()) return s;
     return Record{e.meta, e.version, e.value, std::move(t)};
   }

@@ -238,6 +238,15 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
       std::string k = RandomKey();
       auto r = engine_->Get(k);
       ASSERT_EQ(r.ok(), model_.tree().count(k) == 1) << k;
+      // GetInDirectory answers the same, except that a miss is always NotFound.
+      auto d = engine_->GetInDirectory(k);
+      ASSERT_EQ(d.ok(), r.ok()) << k;
+      if (r.ok()) {
+        ASSERT_EQ(d->value, r->value) << k;
+        ASSERT_EQ(d->version, r->version) << k;
+      } else {
+        ASSERT_TRUE(d.status().IsNotFound()) << k << ": " << d.status().ToString();
+      }
     }
   }
 

@@ -147,6 +147,11 @@ class Engine {
   // NotDirectory if a path component is a file or symlink, Corruption if the store is damaged.
   virtual StatusOr<Record> Get(std::string_view key) const = 0;
 
+  // Get for a caller that knows ParentKey(key) is a directory (a filesystem looking a name
+  // up in a directory it holds): a miss is NotFound without the walk over the ancestors
+  // that tells NotDirectory apart, so it costs no more than the key's own lookup.
+  virtual StatusOr<Record> GetInDirectory(std::string_view key) const { return Get(key); }
+
   // Calls fn for each immediate child of directory `dir` ("" = root) whose name sorts after
   // `start_after` (bytewise), in sorted order, until fn returns false. All children come from
   // one consistent state, so a listing resumed with the last name seen continues it.
