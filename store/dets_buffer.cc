@@ -43,8 +43,9 @@ char* Arena::Allocate(size_t n) {
   n = (n + 7) & ~size_t{7};
   if (n > kMaxBlockSize / 4) return NewBlock(n);  // big values get a block of their own
   if (n > left_) {
-    const size_t size =
-        std::min(kMaxBlockSize, size_t{64 << 10} << std::min<size_t>(blocks_.size(), 6));
+    // Blocks grow with the buffer, but never below the record that asked for one.
+    const size_t size = std::max(
+        n, std::min(kMaxBlockSize, size_t{64 << 10} << std::min<size_t>(blocks_.size(), 6)));
     cur_ = NewBlock(size);
     left_ = size;
   }

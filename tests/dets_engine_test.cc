@@ -126,6 +126,32 @@ TEST_F(DetsEngineTest, KeysFoundBeforeAndAfterSync) {
   ASSERT_OK(VerifyStore(path_));
 }
 
+// Values of every size class land whole in a fresh write buffer (one starts after each
+// sync): the buffer's memory blocks grow with it, and a record bigger than the next block
+// must still get a block that holds it.
+TEST_F(DetsEngineTest, ValuesOfEverySizeRightAfterASync) {
+  const size_t sizes[] = {
+      0,      1,         4095,          64 << 10,      (64 << 10) + 1, 100 << 10,
+      131072, 200 << 10, (1 << 20) - 8, (1 << 20) + 8, 3 << 20,        (4 << 20) + 1};
+  for (size_t n : sizes) {
+    SCOPED_TRACE(n);
+    ASSERT_OK(engine_->Sync());
+    const std::string key = "v" + std::to_string(n);
+    const std::string value(n, static_cast<char>('a' + n % 26));
+    ASSERT_OK(Put(key, value));
+    ASSERT_OK(Put(key + "-next", "after"));  // allocated behind it in the same buffer
+    EXPECT_EQ(GetValue(key), value);
+    EXPECT_EQ(GetValue(key + "-next"), "after");
+  }
+  ASSERT_OK(engine_->Sync());
+  Reopen();
+  for (size_t n : sizes) {
+    EXPECT_EQ(GetValue("v" + std::to_string(n)).size(), n);
+  }
+  engine_.reset();
+  ASSERT_OK(VerifyStore(path_));
+}
+
 // DetsPlus insert_new: an exclusive put of an existing key fails, buffered or synced.
 TEST_F(DetsEngineTest, InsertNewSemantics) {
   Mutation m;
