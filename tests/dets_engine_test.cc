@@ -406,6 +406,11 @@ TEST_F(DetsEngineTest, TimerSyncs) {
     seen = (*reader)->Get("t").ok();
   }
   EXPECT_TRUE(seen);
+  // The new file is renamed into place before the engine counts the sync as done.
+  for (int i = 0; i < 100 && engine_->Stats().syncs == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_GE(engine_->Stats().syncs, 1u);
   EXPECT_GE(engine_->Stats().rebuilds, 1u);
 }
 
