@@ -156,8 +156,14 @@ bool InodeTable::KeyOf(uint64_t id, std::string* key, EntryType* type) {
 void InodeTable::Renamed(const std::string& from, const std::string& to, bool exchange) {
   std::lock_guard<std::mutex> l(mu_);
   std::vector<Node*> a, b;
+  // A scan of every known key: lookups (every first stat of a name) far outnumber
+  // directory renames, so the index is a hash map, not an ordered one.
   auto collect = [&](const std::string& root, std::vector<Node*>* out) {
-    for (auto it = by_key_.lower_bound(root); it != by_key_.end() && AtOrBelow(it->first, root);) {
+    for (auto it = by_key_.begin(); it != by_key_.end();) {
+      if (!AtOrBelow(it->first, root)) {
+        ++it;
+        continue;
+      }
       for (Node* n : it->second) out->push_back(n);
       it = by_key_.erase(it);
     }

@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -110,8 +109,8 @@ class InodeTable {
   std::mutex mu_;
   uint64_t next_id_ = kFirstDynamicId;
   std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_;
-  std::map<std::string, std::vector<Node*>, std::less<>> by_key_;
-  std::unordered_map<std::string, uint64_t> writer_pending_;  // key -> version
+  std::unordered_map<std::string, std::vector<Node*>> by_key_;  // nodes showing each key
+  std::unordered_map<std::string, uint64_t> writer_pending_;    // key -> version
 };
 
 }  // namespace keyfs::fs
