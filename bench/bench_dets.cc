@@ -7,7 +7,6 @@
 #include <cdb.h>
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,7 +16,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -28,6 +26,7 @@
 #include "keyfs/store/status.h"
 #include "report.h"
 #include "timing.h"
+#include "util.h"
 
 namespace keyfs::bench {
 namespace {
@@ -52,21 +51,6 @@ struct Sizes {
 Sizes SizesFor(bool quick) {
   if (quick) return {100'000, 50'000, 10'000, 1, 2, 20'000, 2};
   return {10'000'000, 1'500'000, 1'000'000, 2, 5, 1'000'000, 7};
-}
-
-std::string CountLabel(uint64_t n) {
-  if (n >= 1'000'000 && n % 100'000 == 0) {
-    char buf[32];
-    std::snprintf(buf, sizeof(buf), n % 1'000'000 ? "%.1fM" : "%.0fM", n / 1e6);
-    return buf;
-  }
-  if (n >= 1000 && n % 1000 == 0) return std::to_string(n / 1000) + "k";
-  return std::to_string(n);
-}
-
-void Progress(const std::string& what) {
-  std::fprintf(stderr, "keyfs_bench: %s\n", what.c_str());
-  std::fflush(stderr);
 }
 
 uint64_t Mix(uint64_t x) {
@@ -95,80 +79,6 @@ void MakeValue(uint64_t i, char* out) {
     std::memcpy(out + j, &v, std::min<size_t>(8, kValueSize - j));
   }
 }
-
-std::string Printf(const char* fmt, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, v);
-  return buf;
-}
-
-std::string Megabytes(uint64_t bytes) {
-  return Printf("%.1f MB", static_cast<double>(bytes) / 1e6);
-}
-
-std::string FilesystemType(const std::string& path) {
-  struct statfs st;
-  if (::statfs(path.c_str(), &st) != 0) return "unknown";
-  switch (static_cast<uint64_t>(st.f_type)) {
-    case 0xEF53:
-      return "ext4";
-    case 0x58465342:
-      return "xfs";
-    case 0x9123683E:
-      return "btrfs";
-    case 0x01021994:
-      return "tmpfs (fsync is free: sync figures say nothing about a disk)";
-    case 0x794C7630:
-      return "overlayfs";
-    default:
-      return "f_type " + std::to_string(st.f_type);
-  }
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  }
-  return "unknown CPU";
-}
-
-uint64_t FileSize(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-}
-
-class TempDir {
- public:
-  TempDir() = default;
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  Status Create(std::string parent) {
-    if (parent.empty()) {
-      const char* env = std::getenv("TMPDIR");
-      parent = env != nullptr && *env != '\0' ? env : "/tmp";
-    }
-    std::string pattern = parent + "/keyfs-bench-XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      return Status::FromErrno(errno, "create a directory in " + parent);
-    }
-    path_ = pattern;
-    return Status::OK();
-  }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Flushes every dirty page of the system, so one contender's writeback does not land on the
 // next one's clock.
@@ -357,18 +267,6 @@ Status MeasureLookups(const Engine& engine, struct cdb* db, const std::vector<st
 
 // ---- memory ----
 
-uint64_t StatusField(const char* name) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const size_t len = std::strlen(name);
-  while (std::getline(in, line)) {
-    if (line.compare(0, len, name) == 0 && line.size() > len && line[len] == ':') {
-      return std::strtoull(line.c_str() + len + 1, nullptr, 10) * 1024;
-    }
-  }
-  return 0;
-}
-
 // Runs `keyfs_bench dets-rss STORE N` and parses its "buffer peak" line.
 Status RunRssChild(const std::string& store, uint64_t n, uint64_t* buffer, uint64_t* peak,
                    uint64_t* peak_anon) {
@@ -423,10 +321,10 @@ int RunDetsRssChild(const std::string& store, uint64_t n) {
     clear << "5";
   }
   std::atomic<bool> stop{false};
-  std::atomic<uint64_t> peak_anon{StatusField("RssAnon")};
+  std::atomic<uint64_t> peak_anon{ProcStatusBytes(0, "RssAnon")};
   std::thread sampler([&] {
     while (!stop.load()) {
-      uint64_t a = StatusField("RssAnon");
+      uint64_t a = ProcStatusBytes(0, "RssAnon");
       if (a > peak_anon.load()) peak_anon.store(a);
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
@@ -434,7 +332,7 @@ int RunDetsRssChild(const std::string& store, uint64_t n) {
   if (s.ok()) s = (*engine)->Sync();
   stop.store(true);
   sampler.join();
-  const uint64_t peak = StatusField("VmHWM");
+  const uint64_t peak = ProcStatusBytes(0, "VmHWM");
   if (!s.ok()) {
     std::fprintf(stderr, "keyfs_bench dets-rss: %s\n", s.ToString().c_str());
     return 1;

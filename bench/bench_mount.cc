@@ -6,11 +6,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sched.h>
-#include <signal.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,10 +16,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "daemon.h"
 #include "keyfs/store/engine.h"
 #include "report.h"
 #include "timing.h"
@@ -39,83 +37,6 @@ std::string KeyName(int i) {
   std::snprintf(b, sizeof(b), "k%04d", i);
   return b;
 }
-
-std::string FindKeyfs(const std::string& given) {
-  if (!given.empty()) return given;
-  char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    std::string dir = std::filesystem::path(self).parent_path();
-    for (const char* rel : {"/../fs/keyfs", "/keyfs", "/../../../bin/keyfs"}) {
-      std::string p = dir + rel;
-      if (access(p.c_str(), X_OK) == 0) return p;
-    }
-  }
-  return "keyfs";  // from PATH
-}
-
-// A keyfs daemon in the foreground, optionally pinned to CPU 0; unmounted and reaped by
-// the destructor.
-class Daemon {
- public:
-  Daemon(const std::string& bin, const std::string& store, const std::string& mnt,
-         const std::string& opts, bool pinned)
-      : mnt_(mnt) {
-    struct stat before;
-    stat(mnt.c_str(), &before);
-    pid_ = fork();
-    if (pid_ == 0) {
-      if (pinned) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(0, &set);
-        sched_setaffinity(0, sizeof(set), &set);
-      }
-      int null = open("/dev/null", O_RDWR);
-      dup2(null, 1);
-      dup2(null, 2);
-      std::vector<const char*> argv = {bin.c_str(), store.c_str(), mnt.c_str(), "-f"};
-      if (!opts.empty()) {
-        argv.push_back("-o");
-        argv.push_back(opts.c_str());
-      }
-      argv.push_back(nullptr);
-      execvp(bin.c_str(), const_cast<char* const*>(argv.data()));
-      _exit(127);
-    }
-    for (int i = 0; i < 1000; ++i) {  // 10 s deadline
-      struct stat now;
-      if (stat(mnt.c_str(), &now) == 0 && now.st_dev != before.st_dev) {
-        ok_ = true;
-        return;
-      }
-      int status;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return;
-      }
-      usleep(10000);
-    }
-  }
-  ~Daemon() {
-    if (pid_ <= 0) return;
-    std::string cmd = "fusermount3 -u -z " + mnt_ + " 2>/dev/null";
-    if (std::system(cmd.c_str()) != 0) kill(pid_, SIGTERM);
-    for (int i = 0; i < 500; ++i) {
-      if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-      usleep(10000);
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  std::string mnt_;
-  pid_t pid_ = -1;
-  bool ok_ = false;
-};
 
 uint64_t OpenReadClose(const std::string& dir) {
   char buf[4096];
@@ -246,22 +167,16 @@ int RunMountBench(const MountBenchOptions& o) {
   int status = 0;
   for (bool pinned : {true, false}) {
     const std::string how = pinned ? " (pinned, CPU 0)" : " (unpinned)";
-    Daemon drw(bin, store, rw, "", pinned);
-    Daemon dro(bin, store, ro, "ro", pinned);
+    const int cpu = pinned ? 0 : -1;
+    Daemon drw(bin, store, rw, "", cpu, root + "/rw.log");
+    Daemon dro(bin, store, ro, "ro", cpu, root + "/ro.log");
     if (!drw.ok() || !dro.ok()) {
-      std::fprintf(stderr, "keyfs_bench: could not mount %s (is /dev/fuse there?)\n",
-                   store.c_str());
+      std::fprintf(stderr, "keyfs_bench: %s\n", (drw.ok() ? dro : drw).error().c_str());
       status = 1;
       break;
     }
-    cpu_set_t saved;
-    sched_getaffinity(0, sizeof(saved), &saved);
-    if (pinned) {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(0, &set);
-      sched_setaffinity(0, sizeof(set), &set);
-    }
+    std::optional<CpuPin> pin;  // the client on the daemons' CPU
+    if (pinned) pin.emplace(0);
     auto reads = MeasureInterleaved({{"tmpfs", [&] { return OpenReadClose(ref); }},
                                      {"ro", [&] { return OpenReadClose(ro); }},
                                      {"rw", [&] { return OpenReadClose(rw); }}},
@@ -286,7 +201,7 @@ int RunMountBench(const MountBenchOptions& o) {
              pinned ? "<= 2.00x" : "", pinned ? 2.0 : NAN);
     AddRatio(&report, "readdir, 10,000 entries, read-write" + how, lists[2], lists[0], Unit::kNanos,
              pinned ? "<= 2.00x" : "", pinned ? 2.0 : NAN);
-    sched_setaffinity(0, sizeof(saved), &saved);
+    pin.reset();
     if (!pinned) {
       // Writes: durable when close returns; many threads, so measured unpinned, on a
       // store of just the 1,000 keys (a commit rewrites the table).
@@ -304,8 +219,9 @@ int RunMountBench(const MountBenchOptions& o) {
           break;
         }
       }
-      Daemon dw(bin, wstore, wmnt, "", false);
+      Daemon dw(bin, wstore, wmnt, "", -1, root + "/w.log");
       if (!dw.ok()) {
+        std::fprintf(stderr, "keyfs_bench: %s\n", dw.error().c_str());
         status = 1;
         break;
       }

@@ -9,7 +9,6 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,8 +17,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <latch>
 #include <memory>
 #include <mutex>
@@ -35,6 +32,7 @@
 #include "keyfs/store/status.h"
 #include "report.h"
 #include "timing.h"
+#include "util.h"
 
 namespace keyfs::bench {
 namespace {
@@ -62,18 +60,6 @@ struct Sizes {
 Sizes SizesFor(bool quick) {
   if (quick) return {1000, 100'000, 0, 100, 3, 3, 0.1, 0, 5, 5};
   return {1000, 1'000'000, 100'000, 1000, 11, 15, 0.25, 21, 11, 11};
-}
-
-// "1k", "100k", "1M".
-std::string CountLabel(size_t n) {
-  if (n >= 1'000'000 && n % 1'000'000 == 0) return std::to_string(n / 1'000'000) + "M";
-  if (n >= 1000 && n % 1000 == 0) return std::to_string(n / 1000) + "k";
-  return std::to_string(n);
-}
-
-void Progress(const std::string& what) {
-  std::fprintf(stderr, "keyfs_bench: %s\n", what.c_str());
-  std::fflush(stderr);
 }
 
 // splitmix64: fast, seeded, the same keys on every run.
@@ -164,80 +150,6 @@ struct Maps {
     }
   }
 };
-
-// A directory of its own under the parent, removed with everything in it.
-class TempDir {
- public:
-  TempDir() = default;
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-
-  Status Create(std::string parent) {
-    if (parent.empty()) {
-      const char* env = std::getenv("TMPDIR");
-      parent = env != nullptr && *env != '\0' ? env : "/tmp";
-    }
-    std::string pattern = parent + "/keyfs-bench-XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      return Status::FromErrno(errno, "create a directory in " + parent);
-    }
-    path_ = pattern;
-    return Status::OK();
-  }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-std::string FilesystemType(const std::string& path) {
-  struct statfs st;
-  if (::statfs(path.c_str(), &st) != 0) return "unknown";
-  switch (static_cast<uint64_t>(st.f_type)) {
-    case 0xEF53:
-      return "ext4";
-    case 0x58465342:
-      return "xfs";
-    case 0x9123683E:
-      return "btrfs";
-    case 0x01021994:
-      return "tmpfs: fsync is free here, commit figures say nothing about a disk";
-    case 0x794C7630:
-      return "overlayfs";
-    default: {
-      char buf[32];
-      std::snprintf(buf, sizeof(buf), "f_type 0x%llx", static_cast<unsigned long long>(st.f_type));
-      return buf;
-    }
-  }
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  }
-  return "unknown CPU";
-}
-
-std::string Printf(const char* fmt, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, v);
-  return buf;
-}
-
-std::string Megabytes(uint64_t bytes) {
-  return Printf("%.1f MB", static_cast<double>(bytes) / 1e6);
-}
 
 // ---- stores ----
 

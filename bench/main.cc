@@ -1,5 +1,7 @@
 // keyfs_bench: the performance figures of SPEC.md §6, each a ratio against a reference
 // measured in the same run. `keyfsctl bench` execs it.
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -7,12 +9,13 @@
 
 #include "bench_dets.h"
 #include "bench_mount.h"
+#include "bench_mount_large.h"
 #include "bench_snapshot.h"
 
 namespace {
 
 constexpr char kUsage[] =
-    "usage: keyfs_bench snapshot|dets|mount [--quick] [--json FILE] [--dir DIR]\n"
+    "usage: keyfs_bench snapshot|dets|mount|mount-large [--quick] [--json FILE] [--dir DIR]\n"
     "  snapshot     the snapshot engine: lookups vs std::unordered_map and\n"
     "               absl::flat_hash_map, durable commits vs the raw durable write,\n"
     "               open cost of a large vs a small store\n"
@@ -21,6 +24,11 @@ constexpr char kUsage[] =
     "  mount        through real keyfs mounts (read-write and -o ro) vs tmpfs:\n"
     "               open+read+close, stat, readdir (pinned and unpinned), and\n"
     "               durable writes from 1 and 16 writers [--keyfs PATH]\n"
+    "  mount-large  through -o ro and read-write mounts of a dets and a snapshot store\n"
+    "               of N keys (default 10M) vs tmpfs: stat of existing and missing keys,\n"
+    "               open+read+close; build time, file sizes, daemon memory\n"
+    "               [--keys N] [--tmpfs-keys M (default min(N, 1M))] [--keyfs PATH]\n"
+    "               (N, M: a number, optionally with a k or M suffix)\n"
     "  --quick      small stores and few rounds (a smoke test, seconds)\n"
     "  --json FILE  also write the figures as JSON to FILE\n"
     "  --dir DIR    create the temporary stores under DIR (default $TMPDIR or /tmp)\n"
@@ -30,6 +38,22 @@ constexpr char kUsage[] =
 int Usage() {
   std::fputs(kUsage, stderr);
   return 2;
+}
+
+// "250000", "100k", "10M" -> the count; false if it is not one.
+bool ParseCount(const std::string& text, uint64_t* out) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long n = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str() || text[0] == '-') return false;
+  uint64_t scale = 1;
+  if (*end == 'k' || *end == 'M') {
+    scale = *end == 'k' ? 1000 : 1'000'000;
+    ++end;
+  }
+  if (*end != '\0' || n == 0 || n > UINT64_MAX / scale) return false;
+  *out = n * scale;
+  return true;
 }
 
 }  // namespace
@@ -76,6 +100,29 @@ int main(int argc, char** argv) {
       }
     }
     return keyfs::bench::RunMountBench(options);
+  }
+  if (argc >= 2 && std::strcmp(argv[1], "mount-large") == 0) {
+    keyfs::bench::MountLargeBenchOptions options;
+    for (int i = 2; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--quick") {
+        options.quick = true;
+      } else if ((arg == "--keys" || arg == "--tmpfs-keys") && i + 1 < argc) {
+        if (!ParseCount(argv[++i], arg == "--keys" ? &options.keys : &options.tmpfs_keys)) {
+          std::fprintf(stderr, "keyfs_bench: %s wants a positive count, not '%s'\n", arg.c_str(),
+                       argv[i]);
+          return Usage();
+        }
+      } else if ((arg == "--json" || arg == "--dir" || arg == "--keyfs") && i + 1 < argc) {
+        (arg == "--json"  ? options.json_path
+         : arg == "--dir" ? options.dir
+                          : options.keyfs_bin) = argv[++i];
+      } else {
+        std::fprintf(stderr, "keyfs_bench: unknown argument '%s'\n", arg.c_str());
+        return Usage();
+      }
+    }
+    return keyfs::bench::RunMountLargeBench(options);
   }
   if (argc < 2 || std::strcmp(argv[1], "snapshot") != 0) return Usage();
   keyfs::bench::SnapshotBenchOptions options;

@@ -72,8 +72,8 @@ std::string Report::FormatValue(double value, Unit unit) {
       return Printf(value < 10 ? "%.2f ms" : "%.0f ms", value);
     case Unit::kPerSecond:
       return Printf("%.0f/s", value);
-    case Unit::kBytes:
-      return Printf("%.0f B", value);
+    case Unit::kBytes:  // megabytes once the exact count stops being readable
+      return Printf(value < 1e6 ? "%.0f B" : "%.1f MB", value < 1e6 ? value : value / 1e6);
   }
   return "?";
 }

@@ -49,10 +49,10 @@ std::vector<std::vector<double>> MeasureInterleaved(const std::vector<Contender>
   return ns;
 }
 
-CpuPin::CpuPin() {
+CpuPin::CpuPin(int cpu) {
   CPU_ZERO(&previous_);
   have_previous_ = sched_getaffinity(0, sizeof(previous_), &previous_) == 0;
-  const int cpu = sched_getcpu();
+  if (cpu < 0) cpu = sched_getcpu();
   if (!have_previous_ || cpu < 0) return;
   cpu_set_t one;
   CPU_ZERO(&one);

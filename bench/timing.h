@@ -46,12 +46,12 @@ struct Contender {
 std::vector<std::vector<double>> MeasureInterleaved(const std::vector<Contender>& contenders,
                                                     int rounds);
 
-// Pins the calling thread to the CPU it is running on for the object's lifetime, then
-// restores its previous affinity. Threads created meanwhile inherit the pin, so create
-// none. If sched_setaffinity fails the thread runs unpinned and ok() is false.
+// Pins the calling thread to `cpu` (-1: the CPU it is running on) for the object's
+// lifetime, then restores its previous affinity. Threads created meanwhile inherit the pin,
+// so create none. If sched_setaffinity fails the thread runs unpinned and ok() is false.
 class CpuPin {
  public:
-  CpuPin();
+  explicit CpuPin(int cpu = -1);
   ~CpuPin();
   CpuPin(const CpuPin&) = delete;
   CpuPin& operator=(const CpuPin&) = delete;
