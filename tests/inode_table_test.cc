@@ -1,0 +1,118 @@
+// InodeTable, without a mount: which node a lookup gets, when nodes go away, how renames
+// carry the nodes the kernel holds, and the st_ino of a key.
+#include "inode_table.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+
+namespace keyfs::fs {
+namespace {
+
+Record FileAt(uint64_t version, std::string_view value = "v") {
+  Record r;
+  r.meta = Meta::File();
+  r.version = version;
+  r.value = value;  // a literal: outlives the table's copy
+  return r;
+}
+
+Record DirRecord() {
+  Record r;
+  r.meta = Meta::Dir();
+  return r;
+}
+
+std::string KeyOf(InodeTable& t, uint64_t id) {
+  std::string key;
+  return t.KeyOf(id, &key) ? key : "<unknown>";
+}
+
+TEST(KeyIno, StableDistinctAndNeverReserved) {
+  EXPECT_EQ(KeyIno(""), kRootId);
+  EXPECT_EQ(KeyIno("a/b"), KeyIno(std::string("a/") + "b"));
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 100000; ++i) {
+    const uint64_t ino = KeyIno("d" + std::to_string(i % 100) + "/k" + std::to_string(i));
+    EXPECT_GE(ino, kFirstDynamicId);
+    seen.insert(ino);
+  }
+  EXPECT_EQ(seen.size(), 100000u);
+}
+
+TEST(InodeTable, OneNodePerVersion) {
+  InodeTable t;
+  const uint64_t a = t.Acquire("k", FileAt(1));
+  EXPECT_EQ(t.Acquire("k", FileAt(1)), a) << "readers of one version share its node";
+  const uint64_t b = t.Acquire("k", FileAt(2));
+  EXPECT_NE(b, a) << "a new version gets a node of its own";
+  uint64_t ino_a = 0, ino_b = 0;
+  t.WithNode(a, [&](Node& n) { ino_a = n.ino; });
+  t.WithNode(b, [&](Node& n) { ino_b = n.ino; });
+  EXPECT_EQ(ino_a, ino_b) << "st_ino is per key";
+  EXPECT_EQ(ino_a, KeyIno("k"));
+}
+
+TEST(InodeTable, NodeGoesAwayAtZeroLookupsAndNoHandles) {
+  InodeTable t;
+  const size_t base = t.size();
+  const uint64_t a = t.Acquire("k", FileAt(1));
+  t.Acquire("k", FileAt(1));
+  t.WithNode(a, [](Node& n) { ++n.open_handles; });
+  t.Forget(a, 2);
+  EXPECT_EQ(KeyOf(t, a), "k") << "an open handle keeps the node";
+  t.CloseHandle(a, false, false);
+  EXPECT_EQ(KeyOf(t, a), "<unknown>");
+  EXPECT_EQ(t.size(), base);
+}
+
+TEST(InodeTable, DirectoryHasOneNode) {
+  InodeTable t;
+  const uint64_t d = t.Acquire("dir", DirRecord());
+  EXPECT_EQ(t.Acquire("dir", DirRecord()), d);
+  EXPECT_EQ(t.DirId("dir"), d);
+  EXPECT_EQ(t.DirId("other"), 0u);
+}
+
+// A rename moves every node at or below the old key, and nothing else: not siblings whose
+// names merely start with it ("conf.d" and "conf-old" sort between "conf" and "conf/x").
+TEST(InodeTable, RenameMovesTheSubtreeOnly) {
+  InodeTable t;
+  const uint64_t conf = t.Acquire("conf", DirRecord());
+  const uint64_t x = t.Acquire("conf/x", FileAt(1));
+  const uint64_t deep = t.Acquire("conf/sub/y", FileAt(1));
+  const uint64_t dotd = t.Acquire("conf.d", DirRecord());
+  const uint64_t dotd_z = t.Acquire("conf.d/z", FileAt(1));
+  const uint64_t dash = t.Acquire("conf-old", FileAt(1));
+  t.Renamed("conf", "new", false);
+  EXPECT_EQ(KeyOf(t, conf), "new");
+  EXPECT_EQ(KeyOf(t, x), "new/x");
+  EXPECT_EQ(KeyOf(t, deep), "new/sub/y");
+  EXPECT_EQ(KeyOf(t, dotd), "conf.d");
+  EXPECT_EQ(KeyOf(t, dotd_z), "conf.d/z");
+  EXPECT_EQ(KeyOf(t, dash), "conf-old");
+  EXPECT_EQ(t.DirId("new"), conf);
+  EXPECT_EQ(t.DirId("conf"), 0u);
+  // Lookups of the new key find the moved node.
+  EXPECT_EQ(t.Acquire("new/x", FileAt(1)), x);
+}
+
+TEST(InodeTable, RenameExchangeSwapsBothSubtrees) {
+  InodeTable t;
+  const uint64_t a = t.Acquire("a/f", FileAt(1));
+  const uint64_t b = t.Acquire("b/g", FileAt(1));
+  t.Renamed("a", "b", true);
+  EXPECT_EQ(KeyOf(t, a), "b/f");
+  EXPECT_EQ(KeyOf(t, b), "a/g");
+}
+
+TEST(InodeTable, UnlinkedNodeIsNotHandedOutAgain) {
+  InodeTable t;
+  const uint64_t a = t.Acquire("k", FileAt(1));
+  t.Unlinked("k");
+  EXPECT_NE(t.Acquire("k", FileAt(1)), a);
+}
+
+}  // namespace
+}  // namespace keyfs::fs
