@@ -72,11 +72,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <sys/file.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,6 +95,7 @@
 #include "dets_merge.h"
 #include "format.h"
 #include "overlay.h"
+#include "store_watcher.h"
 
 namespace keyfs {
 namespace {
@@ -485,13 +483,7 @@ class DetsEngineImpl final : public Engine {
     sync_cv_.notify_all();
     done_cv_.notify_all();
     if (syncer_.joinable()) syncer_.join();  // the syncer's last act is a final sync
-    if (watch_stop_fd_ >= 0) {
-      uint64_t one = 1;
-      (void)!::write(watch_stop_fd_, &one, sizeof(one));
-    }
-    if (watcher_.joinable()) watcher_.join();
-    if (inotify_fd_ >= 0) ::close(inotify_fd_);
-    if (watch_stop_fd_ >= 0) ::close(watch_stop_fd_);
+    watcher_.reset();
     if (lock_fd_ >= 0) ::close(lock_fd_);
   }
 
@@ -508,7 +500,14 @@ class DetsEngineImpl final : public Engine {
         SyncerLoop();
       });
     }
-    if (watch) KEYFS_RETURN_IF_ERROR(StartWatcher());
+    if (watch) {
+      // A writer is the only one writing its store; readers follow its syncs.
+      auto w = StoreWatcher::Start(path_, [this](bool changed) {
+        if (changed && read_only_) (void)RefreshFile(/*notify=*/true);
+      });
+      if (!w.ok()) return w.status();
+      watcher_ = std::move(*w);
+    }
     return Status::OK();
   }
 
@@ -1148,41 +1147,6 @@ class DetsEngineImpl final : public Engine {
     if (listener_) listener_(ev);
   }
 
-  Status StartWatcher() {
-    inotify_fd_ = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-    if (inotify_fd_ < 0) return Status::FromErrno(errno, "inotify_init1");
-    if (::inotify_add_watch(inotify_fd_, dir_.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
-      return Status::FromErrno(errno, "inotify_add_watch " + dir_);
-    }
-    watch_stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
-    if (watch_stop_fd_ < 0) return Status::FromErrno(errno, "eventfd");
-    watcher_ = std::thread([this] { WatcherLoop(); });
-    return Status::OK();
-  }
-
-  void WatcherLoop() {
-    const std::string name = FileName(path_);
-    alignas(inotify_event) char buf[8192];
-    while (true) {
-      pollfd fds[2] = {{inotify_fd_, POLLIN, 0}, {watch_stop_fd_, POLLIN, 0}};
-      int r = ::poll(fds, 2, 1000);
-      if (r < 0 && errno != EINTR) return;
-      if (fds[1].revents) return;
-      bool relevant = r == 0;
-      if (fds[0].revents & POLLIN) {
-        ssize_t n;
-        while ((n = ::read(inotify_fd_, buf, sizeof(buf))) > 0) {
-          for (char* p = buf; p < buf + n;) {
-            auto* ev = reinterpret_cast<inotify_event*>(p);
-            if (ev->len > 0 && name == ev->name) relevant = true;
-            p += sizeof(inotify_event) + ev->len;
-          }
-        }
-      }
-      if (relevant && read_only_) (void)RefreshFile(/*notify=*/true);
-    }
-  }
-
   const std::string path_, dir_, lock_path_;
   Env* const env_;
   const bool read_only_;
@@ -1227,8 +1191,7 @@ class DetsEngineImpl final : public Engine {
   std::mutex listener_mu_;
   ChangeListener listener_;
 
-  int inotify_fd_ = -1, watch_stop_fd_ = -1;
-  std::thread watcher_;
+  std::unique_ptr<StoreWatcher> watcher_;
 
   std::atomic<uint64_t> commits_{0}, commit_errors_{0}, syncs_{0}, sync_errors_{0},
       external_reloads_{0};

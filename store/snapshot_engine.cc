@@ -30,10 +30,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/file.h>
-#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,6 +46,7 @@
 #include "format.h"
 #include "keyfs/store/snapshot.h"
 #include "overlay.h"
+#include "store_watcher.h"
 #include "table_builder.h"
 
 namespace keyfs {
@@ -114,13 +112,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     }
     cv_.notify_all();
     if (committer_.joinable()) committer_.join();
-    if (watch_stop_fd_ >= 0) {
-      uint64_t one = 1;
-      (void)!::write(watch_stop_fd_, &one, sizeof(one));
-    }
-    if (watcher_.joinable()) watcher_.join();
-    if (inotify_fd_ >= 0) ::close(inotify_fd_);
-    if (watch_stop_fd_ >= 0) ::close(watch_stop_fd_);
+    watcher_.reset();
     if (lock_fd_ >= 0) ::close(lock_fd_);
   }
 
@@ -134,7 +126,14 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       RemoveStaleTemps();
       committer_ = std::thread([this] { CommitterLoop(); });
     }
-    if (watch) KEYFS_RETURN_IF_ERROR(StartWatcher());
+    if (watch) {
+      auto w = StoreWatcher::Start(path_, [this](bool changed) {
+        if (changed) (void)Refresh();
+        ReapRetired();
+      });
+      if (!w.ok()) return w.status();
+      watcher_ = std::move(*w);
+    }
     return Status::OK();
   }
 
@@ -360,43 +359,6 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     Notify(std::move(ev));
   }
 
-  Status StartWatcher() {
-    inotify_fd_ = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-    if (inotify_fd_ < 0) return Status::FromErrno(errno, "inotify_init1");
-    if (::inotify_add_watch(inotify_fd_, dir_.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
-      return Status::FromErrno(errno, "inotify_add_watch " + dir_);
-    }
-    watch_stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
-    if (watch_stop_fd_ < 0) return Status::FromErrno(errno, "eventfd");
-    watcher_ = std::thread([this] { WatcherLoop(); });
-    return Status::OK();
-  }
-
-  void WatcherLoop() {
-    const std::string name = FileName(path_);
-    alignas(inotify_event) char buf[8192];
-    while (true) {
-      pollfd fds[2] = {{inotify_fd_, POLLIN, 0}, {watch_stop_fd_, POLLIN, 0}};
-      // The timeout also catches a STORE replaced in a way inotify did not report.
-      int r = ::poll(fds, 2, 1000);
-      if (r < 0 && errno != EINTR) return;
-      if (fds[1].revents) return;
-      bool relevant = r == 0;
-      if (fds[0].revents & POLLIN) {
-        ssize_t n;
-        while ((n = ::read(inotify_fd_, buf, sizeof(buf))) > 0) {
-          for (char* p = buf; p < buf + n;) {
-            auto* ev = reinterpret_cast<inotify_event*>(p);
-            if (ev->len > 0 && name == ev->name) relevant = true;
-            p += sizeof(inotify_event) + ev->len;
-          }
-        }
-      }
-      if (relevant) (void)Refresh();
-      ReapRetired();
-    }
-  }
-
   void CommitterLoop() {
     std::vector<Pending*> group;
     while (true) {
@@ -606,8 +568,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   std::mutex listener_mu_;
   ChangeListener listener_;
 
-  int inotify_fd_ = -1, watch_stop_fd_ = -1;
-  std::thread watcher_;
+  std::unique_ptr<StoreWatcher> watcher_;
 
   mutable std::mutex count_mu_;
   mutable uint64_t counts_[3] = {};
