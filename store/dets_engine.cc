@@ -93,6 +93,7 @@
 #include "dets_buffer.h"
 #include "dets_file.h"
 #include "dets_merge.h"
+#include "file_util.h"
 #include "format.h"
 #include "overlay.h"
 #include "store_watcher.h"
@@ -105,30 +106,6 @@ using Node = WriteBuffer::Node;
 using BufferRef = std::shared_ptr<const WriteBuffer>;
 
 constexpr uint64_t kDefaultBufferLimit = uint64_t{512} << 20;
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-int64_t MonoNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-std::string DirName(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string FileName(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;

@@ -43,6 +43,7 @@
 #include <optional>
 #include <thread>
 
+#include "file_util.h"
 #include "format.h"
 #include "keyfs/store/snapshot.h"
 #include "overlay.h"
@@ -51,30 +52,6 @@
 
 namespace keyfs {
 namespace {
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-int64_t MonoNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-std::string DirName(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string FileName(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
 
 // Holds flock(LOCK_EX) on a descriptor for its lifetime.
 class FlockGuard {

@@ -9,16 +9,15 @@
 #include <cerrno>
 #include <cstdint>
 
+#include "file_util.h"
+
 namespace keyfs {
 
 StatusOr<std::unique_ptr<StoreWatcher>> StoreWatcher::Start(
     const std::string& path, std::function<void(bool changed)> on_wake) {
   std::unique_ptr<StoreWatcher> w(new StoreWatcher());
-  const size_t slash = path.rfind('/');
-  w->name_ = slash == std::string::npos ? path : path.substr(slash + 1);
-  const std::string dir = slash == std::string::npos ? "."
-                          : slash == 0               ? "/"
-                                                     : path.substr(0, slash);
+  w->name_ = FileName(path);
+  const std::string dir = DirName(path);
   w->on_wake_ = std::move(on_wake);
   w->inotify_fd_ = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
   if (w->inotify_fd_ < 0) return Status::FromErrno(errno, "inotify_init1");
