@@ -470,6 +470,7 @@ class DetsEngineImpl final : public Engine {
     if (!f.ok()) return f.status();
     file_ = *f;
     version_.store(file_->last_version());
+    last_commit_ns_ = file_->sync_time_ns();
     if (!read_only_) {
       RemoveStaleTemps();
       syncer_ = std::thread([this] {
@@ -499,10 +500,10 @@ class DetsEngineImpl final : public Engine {
   // NotDirectory from NotFound.
   StatusOr<keyfs::Record> Find(std::string_view key, bool why_missing) const {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
-    if (key.empty()) {  // the root: implicit, dated by the served file
+    if (key.empty()) {  // the root: implicit, dated by the newest commit
       std::shared_lock<std::shared_mutex> l(mu_);
       Meta m = Meta::Dir();
-      m.mtime_ns = m.ctime_ns = file_->sync_time_ns();
+      m.mtime_ns = m.ctime_ns = last_commit_ns_;
       return keyfs::Record{m, 0, {}, nullptr};
     }
     const uint64_t h = format::HashKey(key);
@@ -657,6 +658,7 @@ class DetsEngineImpl final : public Engine {
     }
     std::vector<std::string> changed;
     Status s;
+    const int64_t now = NowNs();
     {
       std::unique_lock<std::shared_mutex> l(mu_);
       const Layers layers = LayersLocked();
@@ -670,7 +672,6 @@ class DetsEngineImpl final : public Engine {
           hashes[i] = format::HashKey(ms[i].key);
           active_->PrefetchSlot(hashes[i]);
         }
-        const int64_t now = NowNs();
         for (size_t i = 0; i < ms.size(); ++i) {
           tree.SetHashHint(ms[i].key, hashes[i % kAhead]);
           if (i + kAhead < ms.size()) {
@@ -690,6 +691,7 @@ class DetsEngineImpl final : public Engine {
         if (listening) changed = tree.TakeChanged();
         version_.store(version, std::memory_order_relaxed);
         ++commits_applied_;
+        last_commit_ns_ = std::max(last_commit_ns_, now);
       }
       active_bytes_.store(active_->bytes(), std::memory_order_relaxed);
     }
@@ -769,7 +771,10 @@ class DetsEngineImpl final : public Engine {
     s.commit_errors = commit_errors_.load(std::memory_order_relaxed);
     s.rebuilds = syncs_.load(std::memory_order_relaxed);
     s.external_reloads = external_reloads_.load(std::memory_order_relaxed);
-    s.last_commit_ns = file->sync_time_ns();
+    {
+      std::shared_lock<std::shared_mutex> l(mu_);
+      s.last_commit_ns = last_commit_ns_;
+    }
     s.last_commit_duration_ns = last_commit_duration_ns_.load(std::memory_order_relaxed);
     s.buffered_writes = buffered;
     s.syncs = syncs_.load(std::memory_order_relaxed);
@@ -782,8 +787,14 @@ class DetsEngineImpl final : public Engine {
       s.syncing = syncing_;
       last_error = last_error_;
       last_sync_ns = last_sync_duration_ns_;
-      s.last_sync_ns = last_sync_end_ns_ != 0 ? last_sync_end_ns_ : file->sync_time_ns();
+      s.last_sync_ns = last_sync_end_ns_;
       s.last_sync_duration_ns = last_sync_duration_ns_;
+    }
+    if (s.last_sync_ns == 0) {  // no sync by this object yet: when the file was written
+      struct stat st;
+      if (::fstat(file->fd(), &st) == 0) {
+        s.last_sync_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+      }
     }
     auto& x = s.extra;
     x.emplace_back("entries in file", std::to_string(file->entry_count()));
@@ -980,6 +991,7 @@ class DetsEngineImpl final : public Engine {
     std::vector<BufferRef> layers;
     DetsFileRef old;
     uint64_t upto;  // every commit up to this count is in `layers` or `old`
+    int64_t newest_ns;
     {
       std::unique_lock<std::shared_mutex> l(mu_);
       uint64_t backlog = 0;
@@ -987,11 +999,15 @@ class DetsEngineImpl final : public Engine {
       if (!active_->empty() && (frozen_.empty() || backlog < limit_)) {
         frozen_.push_back(active_);
         frozen_upto_.push_back(CommitsApplied());
+        frozen_time_.push_back(last_commit_ns_);
         active_ = std::make_shared<WriteBuffer>();
         active_bytes_.store(active_->bytes(), std::memory_order_relaxed);
       }
       layers = frozen_;
       old = file_;
+      // The new file is dated by the newest commit it holds, so the root's date (and
+      // `info`'s last commit) stays what it was when the file is reopened.
+      newest_ns = frozen_time_.empty() ? old->sync_time_ns() : frozen_time_.back();
       // With the active buffer empty and nothing frozen, the file holds every commit.
       upto =
           !frozen_upto_.empty() ? frozen_upto_.back() : (active_->empty() ? CommitsApplied() : 0);
@@ -1017,7 +1033,7 @@ class DetsEngineImpl final : public Engine {
     in.old_file = old.get();
     for (const BufferRef& b : layers) in.layers.push_back(b.get());
     in.generation = old->generation() + 1;
-    in.sync_time_ns = NowNs();
+    in.sync_time_ns = newest_ns;
     in.last_version = version_.load(std::memory_order_relaxed);
     MergeStats stats;
     Status s;
@@ -1049,6 +1065,8 @@ class DetsEngineImpl final : public Engine {
       frozen_.erase(frozen_.begin(), frozen_.begin() + static_cast<ptrdiff_t>(layers.size()));
       frozen_upto_.erase(frozen_upto_.begin(),
                          frozen_upto_.begin() + static_cast<ptrdiff_t>(layers.size()));
+      frozen_time_.erase(frozen_time_.begin(),
+                         frozen_time_.begin() + static_cast<ptrdiff_t>(layers.size()));
     }
     syncs_.fetch_add(1, std::memory_order_relaxed);
     {
@@ -1085,6 +1103,7 @@ class DetsEngineImpl final : public Engine {
     {
       std::unique_lock<std::shared_mutex> l(mu_);
       file_ = *f;
+      last_commit_ns_ = file_->sync_time_ns();  // a reader has no commits of its own
     }
     external_reloads_.fetch_add(1, std::memory_order_relaxed);
     if (notify) NotifyDiff(*cur, **f);
@@ -1141,6 +1160,8 @@ class DetsEngineImpl final : public Engine {
   std::shared_ptr<WriteBuffer> active_;
   std::vector<BufferRef> frozen_;      // oldest first
   std::vector<uint64_t> frozen_upto_;  // commits_applied_ when each was frozen
+  std::vector<int64_t> frozen_time_;   // last_commit_ns_ when each was frozen
+  int64_t last_commit_ns_ = 0;         // wall clock of the newest commit served (mu_)
   DetsFileRef file_;
   std::atomic<uint64_t> commits_applied_{0};  // successful commits; written under mu_
   std::atomic<uint64_t> active_bytes_{0};
