@@ -156,9 +156,20 @@ bool InodeTable::KeyOf(uint64_t id, std::string* key, EntryType* type) {
 void InodeTable::Renamed(const std::string& from, const std::string& to, bool exchange) {
   std::lock_guard<std::mutex> l(mu_);
   std::vector<Node*> a, b;
-  // A scan of every known key: lookups (every first stat of a name) far outnumber
-  // directory renames, so the index is a hash map, not an ordered one.
+  // Nodes below a key exist only while the kernel holds the key's directory node (a
+  // dentry pins its parent), so a key without one moves alone. A directory's subtree is
+  // found by a scan of every known key: lookups far outnumber directory renames, so the
+  // index is a hash map, not an ordered one.
   auto collect = [&](const std::string& root, std::vector<Node*>* out) {
+    auto exact = by_key_.find(root);
+    if (exact == by_key_.end()) return;
+    bool dir = false;
+    for (Node* n : exact->second) dir = dir || n->type == EntryType::kDir;
+    if (!dir) {
+      *out = std::move(exact->second);
+      by_key_.erase(exact);
+      return;
+    }
     for (auto it = by_key_.begin(); it != by_key_.end();) {
       if (!AtOrBelow(it->first, root)) {
         ++it;

@@ -100,11 +100,22 @@ TEST(InodeTable, RenameMovesTheSubtreeOnly) {
 
 TEST(InodeTable, RenameExchangeSwapsBothSubtrees) {
   InodeTable t;
+  // The kernel holds a directory's node while it holds anything below it.
+  t.Acquire("a", DirRecord());
+  t.Acquire("b", DirRecord());
   const uint64_t a = t.Acquire("a/f", FileAt(1));
   const uint64_t b = t.Acquire("b/g", FileAt(1));
   t.Renamed("a", "b", true);
   EXPECT_EQ(KeyOf(t, a), "b/f");
   EXPECT_EQ(KeyOf(t, b), "a/g");
+  // A file moves alone, with every node of its key.
+  const uint64_t v1 = t.Acquire("f", FileAt(1));
+  const uint64_t v2 = t.Acquire("f", FileAt(2));
+  const uint64_t other = t.Acquire("f2", FileAt(1));
+  t.Renamed("f", "g", false);
+  EXPECT_EQ(KeyOf(t, v1), "g");
+  EXPECT_EQ(KeyOf(t, v2), "g");
+  EXPECT_EQ(KeyOf(t, other), "f2");
 }
 
 TEST(InodeTable, UnlinkedNodeIsNotHandedOutAgain) {
