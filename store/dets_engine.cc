@@ -478,10 +478,10 @@ class DetsEngineImpl final : public Engine {
         SyncerLoop();
       });
     }
-    if (watch) {
+    if (watch && read_only_) {
       // A writer is the only one writing its store; readers follow its syncs.
       auto w = StoreWatcher::Start(path_, [this](bool changed) {
-        if (changed && read_only_) (void)RefreshFile(/*notify=*/true);
+        if (changed) (void)RefreshFile(/*notify=*/true);
       });
       if (!w.ok()) return w.status();
       watcher_ = std::move(*w);
@@ -938,8 +938,10 @@ class DetsEngineImpl final : public Engine {
         s = Status::IOError("out of memory during a sync");
       }
       l.lock();
-      last_sync_duration_ns_ = MonoNs() - t0;
-      if (s.ok()) last_sync_end_ns_ = NowNs();
+      if (s.ok()) {
+        last_sync_duration_ns_ = MonoNs() - t0;
+        last_sync_end_ns_ = NowNs();
+      }
       finished_ = attempt;
       last_error_ = s;
       if (!s.ok()) sync_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -997,10 +999,16 @@ class DetsEngineImpl final : public Engine {
       uint64_t backlog = 0;
       for (const BufferRef& f : frozen_) backlog += f->bytes();
       if (!active_->empty() && (frozen_.empty() || backlog < limit_)) {
-        frozen_.push_back(active_);
+        // Allocate first: out of memory here must leave the three lists the same length
+        // and the active buffer active.
+        auto fresh = std::make_shared<WriteBuffer>();
+        frozen_.reserve(frozen_.size() + 1);
+        frozen_upto_.reserve(frozen_upto_.size() + 1);
+        frozen_time_.reserve(frozen_time_.size() + 1);
+        frozen_.push_back(std::move(active_));
         frozen_upto_.push_back(CommitsApplied());
         frozen_time_.push_back(last_commit_ns_);
-        active_ = std::make_shared<WriteBuffer>();
+        active_ = std::move(fresh);
         active_bytes_.store(active_->bytes(), std::memory_order_relaxed);
       }
       layers = frozen_;
