@@ -84,6 +84,7 @@ inline BloomProbe Bloom(uint64_t h, uint64_t blocks) {
 inline double BlockedBloomFpRate(uint64_t keys, uint64_t blocks, uint32_t block_bits, uint32_t k) {
   if (keys == 0 || blocks == 0 || block_bits == 0) return 0;
   const double lambda = static_cast<double>(keys) / static_cast<double>(blocks);
+  if (lambda > 500) return 1;  // saturated (and exp(-lambda) would underflow)
   const double miss_bit = 1.0 - 1.0 / block_bits;
   const uint64_t last = static_cast<uint64_t>(lambda + 12 * std::sqrt(lambda) + 20);
   double p = std::exp(-lambda), fp = 0;

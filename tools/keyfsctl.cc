@@ -420,6 +420,7 @@ int RunInfo(const Args& a) {
   line("file_bytes", std::to_string(st.file_bytes));
   line("generation", std::to_string(st.generation));
   line("last_commit", FormatUtc(st.last_commit_ns));
+  line("last_sync", FormatUtc(st.last_sync_ns));
   for (const auto& [k, v] : st.extra) line(k, v);
   return FinishOutput(out);
 }
