@@ -1023,8 +1023,14 @@ TEST_P(Info, Golden) {
   tm.tm_mon -= 1;
   EXPECT_LE(std::abs(static_cast<long long>(::timegm(&tm) - ::time(nullptr))), 600)
       << "last_commit is not now, in UTC: " << rest[0];
+  // last_sync: the same form (snapshot: the last commit; dets: when the file was written).
+  ASSERT_GE(rest.size(), 2u);
+  EXPECT_TRUE(rest[1].starts_with("last_sync: ")) << rest[1];
+  EXPECT_EQ(rest[1].size(), std::string("last_sync: 2001-02-03T04:05:06.123456789Z").size())
+      << rest[1];
+  EXPECT_TRUE(rest[1].ends_with("Z")) << rest[1];
   // The engine's own pairs follow, one "key: value" a line.
-  for (size_t i = 1; i < rest.size(); ++i) {
+  for (size_t i = 2; i < rest.size(); ++i) {
     size_t colon = rest[i].find(": ");
     EXPECT_TRUE(colon != std::string::npos && colon > 0) << rest[i];
   }
