@@ -90,6 +90,9 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     cv_.notify_all();
     if (committer_.joinable()) committer_.join();
     watcher_.reset();
+    // Spares speed up commits while the store is open; closed, they would double its
+    // disk use for nothing. Unlinking is safe for a process still mapping one.
+    for (const std::string& name : spares_) (void)env_->RemoveFile(name);
     if (lock_fd_ >= 0) ::close(lock_fd_);
   }
 
