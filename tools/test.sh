@@ -8,7 +8,7 @@ tools/build.sh
 (cd build && ctest --output-on-failure -j"$(nproc)" --timeout 900)
 if [ "${KEYFS_SKIP_SANITIZERS:-0}" != 1 ]; then
   KEYFS_BUILD_DIR=build-asan tools/build.sh -DKEYFS_SANITIZE='address;undefined' \
-    -DKEYFS_BUILD_BENCHMARKS=OFF
+    -DKEYFS_BUILD_BENCHMARKS=OFF -DKEYFS_BUILD_MOUNT_TESTS=OFF
   # The mount tests and the >4 GiB file run once, above; the rest again with sanitizers.
   (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     ctest --output-on-failure -j"$(nproc)" --timeout 900 -LE 'mount|large|bench')
