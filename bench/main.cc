@@ -56,6 +56,44 @@ bool ParseCount(const std::string& text, uint64_t* out) {
   return true;
 }
 
+// Parses a mode's options (argv[2..]) into `o`: every mode takes --quick, --json and
+// --dir; --keyfs, --keys and --tmpfs-keys only where its options have the field.
+template <class Options>
+bool ParseOptions(int argc, char** argv, Options* o) {
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--quick") {
+      o->quick = true;
+    } else if (arg == "--json" && has_value) {
+      o->json_path = argv[++i];
+    } else if (arg == "--dir" && has_value) {
+      o->dir = argv[++i];
+    } else if (arg == "--keyfs" && has_value && requires { o->keyfs_bin; }) {
+      if constexpr (requires { o->keyfs_bin; }) o->keyfs_bin = argv[++i];
+    } else if ((arg == "--keys" || arg == "--tmpfs-keys") && has_value && requires { o->keys; }) {
+      if constexpr (requires { o->keys; }) {
+        if (!ParseCount(argv[++i], arg == "--keys" ? &o->keys : &o->tmpfs_keys)) {
+          std::fprintf(stderr, "keyfs_bench: %s wants a positive count, not '%s'\n", arg.c_str(),
+                       argv[i]);
+          return false;
+        }
+      }
+    } else {
+      std::fprintf(stderr, "keyfs_bench: unknown argument '%s'\n", arg.c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+template <class Options>
+int Run(int argc, char** argv, int (*run)(const Options&)) {
+  Options options;
+  if (!ParseOptions(argc, argv, &options)) return Usage();
+  return run(options);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -69,73 +107,13 @@ int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "dets-rss") == 0) {  // the memory figure's child
     return keyfs::bench::RunDetsRssChild(argv[2], std::strtoull(argv[3], nullptr, 10));
   }
-  if (argc >= 2 && std::strcmp(argv[1], "dets") == 0) {
-    keyfs::bench::DetsBenchOptions options;
-    for (int i = 2; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg == "--quick") {
-        options.quick = true;
-      } else if ((arg == "--json" || arg == "--dir") && i + 1 < argc) {
-        (arg == "--json" ? options.json_path : options.dir) = argv[++i];
-      } else {
-        std::fprintf(stderr, "keyfs_bench: unknown argument '%s'\n", arg.c_str());
-        return Usage();
-      }
-    }
-    return keyfs::bench::RunDetsBench(options);
+  if (argc < 2) return Usage();
+  const std::string mode = argv[1];
+  if (mode == "dets") return Run(argc, argv, keyfs::bench::RunDetsBench);
+  if (mode == "mount") return Run(argc, argv, keyfs::bench::RunMountBench);
+  if (mode == "mount-large") {
+    return Run(argc, argv, keyfs::bench::RunMountLargeBench);
   }
-  if (argc >= 2 && std::strcmp(argv[1], "mount") == 0) {
-    keyfs::bench::MountBenchOptions options;
-    for (int i = 2; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg == "--quick") {
-        options.quick = true;
-      } else if ((arg == "--json" || arg == "--dir" || arg == "--keyfs") && i + 1 < argc) {
-        (arg == "--json"  ? options.json_path
-         : arg == "--dir" ? options.dir
-                          : options.keyfs_bin) = argv[++i];
-      } else {
-        std::fprintf(stderr, "keyfs_bench: unknown argument '%s'\n", arg.c_str());
-        return Usage();
-      }
-    }
-    return keyfs::bench::RunMountBench(options);
-  }
-  if (argc >= 2 && std::strcmp(argv[1], "mount-large") == 0) {
-    keyfs::bench::MountLargeBenchOptions options;
-    for (int i = 2; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg == "--quick") {
-        options.quick = true;
-      } else if ((arg == "--keys" || arg == "--tmpfs-keys") && i + 1 < argc) {
-        if (!ParseCount(argv[++i], arg == "--keys" ? &options.keys : &options.tmpfs_keys)) {
-          std::fprintf(stderr, "keyfs_bench: %s wants a positive count, not '%s'\n", arg.c_str(),
-                       argv[i]);
-          return Usage();
-        }
-      } else if ((arg == "--json" || arg == "--dir" || arg == "--keyfs") && i + 1 < argc) {
-        (arg == "--json"  ? options.json_path
-         : arg == "--dir" ? options.dir
-                          : options.keyfs_bin) = argv[++i];
-      } else {
-        std::fprintf(stderr, "keyfs_bench: unknown argument '%s'\n", arg.c_str());
-        return Usage();
-      }
-    }
-    return keyfs::bench::RunMountLargeBench(options);
-  }
-  if (argc < 2 || std::strcmp(argv[1], "snapshot") != 0) return Usage();
-  keyfs::bench::SnapshotBenchOptions options;
-  for (int i = 2; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--quick") {
-      options.quick = true;
-    } else if ((arg == "--json" || arg == "--dir") && i + 1 < argc) {
-      (arg == "--json" ? options.json_path : options.dir) = argv[++i];
-    } else {
-      std::fprintf(stderr, "keyfs_bench: unknown argument '%s'\n", arg.c_str());
-      return Usage();
-    }
-  }
-  return keyfs::bench::RunSnapshotBench(options);
+  if (mode == "snapshot") return Run(argc, argv, keyfs::bench::RunSnapshotBench);
+  return Usage();
 }
