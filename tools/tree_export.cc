@@ -1,7 +1,6 @@
 // Writing a store out as a directory tree for `keyfsctl export` (see tree_export.h).
 #include "tree_export.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "dir_names.h"
 #include "error_text.h"
 #include "unique_fd.h"
 
@@ -38,29 +38,8 @@ struct MtimeOnly {
 
 // True if the directory open at `fd` has no entry but "." and "..".
 Status IsEmptyDir(int fd, const std::string& path, bool* empty) {
-  int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) return Failure(ErrnoText(path, errno));
-  DIR* d = ::fdopendir(dup_fd);
-  if (d == nullptr) {
-    int err = errno;
-    ::close(dup_fd);
-    return Failure(ErrnoText(path, err));
-  }
   *empty = true;
-  while (true) {
-    errno = 0;
-    struct dirent* e = ::readdir(d);
-    if (e == nullptr) break;
-    std::string_view name = e->d_name;
-    if (name != "." && name != "..") {
-      *empty = false;
-      break;
-    }
-  }
-  int err = errno;
-  ::closedir(d);
-  if (err != 0) return Failure(ErrnoText(path, err));
-  return Status::OK();
+  return ForEachName(fd, path, [&](std::string_view) { return *empty = false; });
 }
 
 Status WriteAll(int fd, std::string_view data, const std::string& path) {

@@ -3,7 +3,6 @@
 // path is never resolved twice and a symlink is never followed.
 #include "tree_import.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "dir_names.h"
 #include "error_text.h"
 #include "unique_fd.h"
 
@@ -40,25 +40,10 @@ const char* KindOf(mode_t mode) {
 // The names in the directory open at `dfd` (without "." and ".."), sorted bytewise, so the
 // batch and the first error reported do not depend on readdir order.
 Status ReadNames(int dfd, const std::string& path, std::vector<std::string>* names) {
-  int dup_fd = ::fcntl(dfd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) return Failure(ErrnoText(path, errno));
-  DIR* d = ::fdopendir(dup_fd);
-  if (d == nullptr) {
-    int err = errno;
-    ::close(dup_fd);
-    return Failure(ErrnoText(path, err));
-  }
-  while (true) {
-    errno = 0;
-    struct dirent* e = ::readdir(d);
-    if (e == nullptr) break;
-    std::string_view name = e->d_name;
-    if (name == "." || name == "..") continue;
+  KEYFS_RETURN_IF_ERROR(ForEachName(dfd, path, [&](std::string_view name) {
     names->emplace_back(name);
-  }
-  int err = errno;
-  ::closedir(d);
-  if (err != 0) return Failure(ErrnoText(path, err));
+    return true;
+  }));
   std::sort(names->begin(), names->end());
   return Status::OK();
 }
