@@ -1021,25 +1021,28 @@ struct Filesystem::Impl {
     return true;
   }
 
-  void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-    if (RejectIfReadOnly(req)) return;
-    std::string key;
-    if (int err = ChildKey(parent, name, &key)) {
+  // The key of `name` in `parent` for a request that changes it. False after answering
+  // the request: EROFS on a read-only mount, or the name's errno (EINVAL, ENAMETOOLONG...).
+  bool KeyToChange(fuse_req_t req, fuse_ino_t parent, const char* name, std::string* key) {
+    if (RejectIfReadOnly(req)) return false;
+    if (int err = ChildKey(parent, name, key)) {
       fuse_reply_err(req, err);
-      return;
+      return false;
     }
+    return true;
+  }
+
+  void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    std::string key;
+    if (!KeyToChange(req, parent, name, &key)) return;
     Batch b;
     b.Mkdir(key, NewMeta(req, Meta::Dir(mode & 07777)));
     CommitAndReplyEntry(req, std::move(key), std::move(b));
   }
 
   void Symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
-    if (RejectIfReadOnly(req)) return;
     std::string key;
-    if (int err = ChildKey(parent, name, &key)) {
-      fuse_reply_err(req, err);
-      return;
-    }
+    if (!KeyToChange(req, parent, name, &key)) return;
     if (std::strlen(link) > 4095) {
       fuse_reply_err(req, ENAMETOOLONG);
       return;
@@ -1050,14 +1053,10 @@ struct Filesystem::Impl {
   }
 
   void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-    if (RejectIfReadOnly(req)) return;
+    std::string key;
+    if (!KeyToChange(req, parent, name, &key)) return;
     if (!S_ISREG(mode)) {
       fuse_reply_err(req, EPERM);  // devices, fifos, sockets: not values
-      return;
-    }
-    std::string key;
-    if (int err = ChildKey(parent, name, &key)) {
-      fuse_reply_err(req, err);
       return;
     }
     Mutation m;
@@ -1071,12 +1070,8 @@ struct Filesystem::Impl {
 
   void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
               fuse_file_info* fi) {
-    if (RejectIfReadOnly(req)) return;
     std::string key;
-    if (int err = ChildKey(parent, name, &key)) {
-      fuse_reply_err(req, err);
-      return;
-    }
+    if (!KeyToChange(req, parent, name, &key)) return;
     Meta meta = NewMeta(req, Meta::File(mode & 07777));
     fuse_file_info f = *fi;
     pid_t pid = fuse_req_ctx(req)->pid;
@@ -1139,12 +1134,8 @@ struct Filesystem::Impl {
   }
 
   void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) {
-    if (RejectIfReadOnly(req)) return;
     std::string key;
-    if (int err = ChildKey(parent, name, &key)) {
-      fuse_reply_err(req, err);
-      return;
-    }
+    if (!KeyToChange(req, parent, name, &key)) return;
     Async(req, [this, req, key = std::move(key), dir] {
       auto rec = engine->Get(key);
       if (!rec.ok()) {
