@@ -790,12 +790,7 @@ class DetsEngineImpl final : public Engine {
       s.last_sync_ns = last_sync_end_ns_;
       s.last_sync_duration_ns = last_sync_duration_ns_;
     }
-    if (s.last_sync_ns == 0) {  // no sync by this object yet: when the file was written
-      struct stat st;
-      if (::fstat(file->fd(), &st) == 0) {
-        s.last_sync_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-      }
-    }
+    if (s.last_sync_ns == 0) s.last_sync_ns = file->mtime_ns();  // none by this object yet
     auto& x = s.extra;
     x.emplace_back("entries in file", std::to_string(file->entry_count()));
     x.emplace_back("file size", std::to_string(file->file_size()));

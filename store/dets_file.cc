@@ -64,6 +64,7 @@ Status DetsFile::Init(int fd, const std::string& path) {
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + ": not a regular file");
   dev_ = st.st_dev;
   ino_ = st.st_ino;
+  mtime_ns_ = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
   size_ = static_cast<uint64_t>(st.st_size);
   const uint64_t min_size = kDetsPrefixSize + kDetsHeaderSize + kDetsFooterSize;
   if (size_ < min_size) {

@@ -128,6 +128,8 @@ class DetsFile {
   int fd() const { return fd_; }
   dev_t dev() const { return dev_; }
   ino_t ino() const { return ino_; }
+  // When the file was written (its mtime at open).
+  int64_t mtime_ns() const { return mtime_ns_; }
   uint64_t file_size() const { return size_; }
   uint64_t generation() const { return generation_; }
   int64_t sync_time_ns() const { return sync_time_ns_; }
@@ -173,6 +175,7 @@ class DetsFile {
   ino_t ino_ = 0;
   uint64_t generation_ = 0;
   int64_t sync_time_ns_ = 0;
+  int64_t mtime_ns_ = 0;
   uint64_t entry_count_ = 0, files_ = 0, dirs_ = 0, symlinks_ = 0;
   uint64_t value_bytes_ = 0;
   uint64_t last_version_ = 0;
