@@ -994,15 +994,13 @@ class DetsEngineImpl final : public Engine {
       uint64_t backlog = 0;
       for (const BufferRef& f : frozen_) backlog += f->bytes();
       if (!active_->empty() && (frozen_.empty() || backlog < limit_)) {
-        // Allocate first: out of memory here must leave the three lists the same length
+        // Allocate first: out of memory here must leave the two lists the same length
         // and the active buffer active.
         auto fresh = std::make_shared<WriteBuffer>();
         frozen_.reserve(frozen_.size() + 1);
-        frozen_upto_.reserve(frozen_upto_.size() + 1);
-        frozen_time_.reserve(frozen_time_.size() + 1);
+        frozen_marks_.reserve(frozen_marks_.size() + 1);
         frozen_.push_back(std::move(active_));
-        frozen_upto_.push_back(CommitsApplied());
-        frozen_time_.push_back(last_commit_ns_);
+        frozen_marks_.push_back({CommitsApplied(), last_commit_ns_});
         active_ = std::move(fresh);
         active_bytes_.store(active_->bytes(), std::memory_order_relaxed);
       }
@@ -1010,10 +1008,10 @@ class DetsEngineImpl final : public Engine {
       old = file_;
       // The new file is dated by the newest commit it holds, so the root's date (and
       // `info`'s last commit) stays what it was when the file is reopened.
-      newest_ns = frozen_time_.empty() ? old->sync_time_ns() : frozen_time_.back();
+      newest_ns = frozen_marks_.empty() ? old->sync_time_ns() : frozen_marks_.back().newest_ns;
       // With the active buffer empty and nothing frozen, the file holds every commit.
-      upto =
-          !frozen_upto_.empty() ? frozen_upto_.back() : (active_->empty() ? CommitsApplied() : 0);
+      upto = !frozen_marks_.empty() ? frozen_marks_.back().upto
+                                    : (active_->empty() ? CommitsApplied() : 0);
     }
     {
       std::lock_guard<std::mutex> l(sync_mu_);
@@ -1066,10 +1064,8 @@ class DetsEngineImpl final : public Engine {
       std::unique_lock<std::shared_mutex> l(mu_);
       file_ = *opened;
       frozen_.erase(frozen_.begin(), frozen_.begin() + static_cast<ptrdiff_t>(layers.size()));
-      frozen_upto_.erase(frozen_upto_.begin(),
-                         frozen_upto_.begin() + static_cast<ptrdiff_t>(layers.size()));
-      frozen_time_.erase(frozen_time_.begin(),
-                         frozen_time_.begin() + static_cast<ptrdiff_t>(layers.size()));
+      frozen_marks_.erase(frozen_marks_.begin(),
+                          frozen_marks_.begin() + static_cast<ptrdiff_t>(layers.size()));
     }
     syncs_.fetch_add(1, std::memory_order_relaxed);
     {
@@ -1161,10 +1157,14 @@ class DetsEngineImpl final : public Engine {
   // The served state. Readers hold mu_ shared; commits, freezing and publishing exclusive.
   mutable std::shared_mutex mu_;
   std::shared_ptr<WriteBuffer> active_;
-  std::vector<BufferRef> frozen_;      // oldest first
-  std::vector<uint64_t> frozen_upto_;  // commits_applied_ when each was frozen
-  std::vector<int64_t> frozen_time_;   // last_commit_ns_ when each was frozen
-  int64_t last_commit_ns_ = 0;         // wall clock of the newest commit served (mu_)
+  std::vector<BufferRef> frozen_;  // oldest first
+  // Per frozen buffer (same length as frozen_, which readers walk alone): what it holds.
+  struct FrozenMark {
+    uint64_t upto;      // commits_applied_ when it was frozen
+    int64_t newest_ns;  // last_commit_ns_ then
+  };
+  std::vector<FrozenMark> frozen_marks_;
+  int64_t last_commit_ns_ = 0;  // wall clock of the newest commit served (mu_)
   DetsFileRef file_;
   std::atomic<uint64_t> commits_applied_{0};  // successful commits; written under mu_
   std::atomic<uint64_t> active_bytes_{0};
