@@ -38,6 +38,8 @@ int StatusToErrno(const Status& s) {
       return EOPNOTSUPP;
     case C::kReadOnly:
       return EROFS;
+    case C::kTooLarge:
+      return EFBIG;
   }
   return EIO;
 }

@@ -161,7 +161,7 @@ struct Handle {
   bool truncated = false;      // size changed since the last commit
   uint64_t edits = 0;          // bumps on every change, to tell if a commit covered them
   Meta create_meta;            // for a file this handle created
-  int64_t explicit_mtime = 0;  // set by utimens after the last write: the commit keeps it
+  int64_t explicit_mtime = kTimeNow;  // set by utimens after the last write: the commit keeps it
   uint64_t write_owner = 0;    // lock_owner (the writer's file table) of the last WRITE
   std::string text;            // stats
   // References: the kernel's (dropped at RELEASE) plus one per queued job using it, so a
@@ -410,7 +410,7 @@ struct Filesystem::Impl {
       auto cur = engine->Get(key);
       if (cur.ok() && cur->meta.type == EntryType::kFile) meta = cur->meta;
       meta.type = EntryType::kFile;
-      meta.mtime_ns = mtime;  // 0: the commit's time
+      meta.mtime_ns = mtime;  // kTimeNow: the commit's time
       Status s = Commit(Batch().Put(key, std::move(value), meta));
       if (!s.ok()) return StatusToErrno(s);
       spdlog::debug("committed {}", key);
@@ -611,7 +611,7 @@ struct Filesystem::Impl {
         std::string v(cur->value.substr(0, std::min<uint64_t>(cur->value.size(), a.st_size)));
         v.resize(static_cast<size_t>(a.st_size));
         Meta m = cur->meta;
-        m.mtime_ns = 0;
+        m.mtime_ns = kTimeNow;
         Status s = Commit(Batch().Put(key, std::move(v), m));
         if (!s.ok()) return StatusToErrno(s);
       }
@@ -888,7 +888,7 @@ struct Filesystem::Impl {
       if (at + size > h->buf.size()) h->buf.resize(at + size);
       std::memcpy(h->buf.data() + at, buf, size);
       h->dirty = true;
-      h->explicit_mtime = 0;  // a write after utimens makes the mtime "now" again
+      h->explicit_mtime = kTimeNow;  // a write after utimens makes the mtime "now" again
       if (fi->lock_owner != 0) h->write_owner = fi->lock_owner;
       ++h->edits;
     }

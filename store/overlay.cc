@@ -74,7 +74,7 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
       if (exists && m.exclusive) return Status::AlreadyExists(Quote(m.key));
       Meta meta = m.meta;
       meta.mode &= 07777;
-      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns;
+      if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
       meta.ctime_ns = now_ns;
       tree.Set(m.key, TreeValue{meta, version, m.value});
       return Status::OK();
@@ -87,7 +87,7 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
       Meta meta = m.meta;
       meta.type = EntryType::kDir;
       meta.mode &= 07777;
-      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns;
+      if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
       meta.ctime_ns = now_ns;
       tree.Set(m.key, TreeValue{meta, version, {}});
       return Status::OK();
@@ -107,7 +107,7 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
       Meta meta = m.meta;
       meta.type = cur.meta.type;
       meta.mode &= 07777;
-      if (meta.mtime_ns == 0) meta.mtime_ns = now_ns;
+      if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
       meta.ctime_ns = now_ns;
       tree.Set(m.key, TreeValue{meta, version, cur.value});
       return Status::OK();

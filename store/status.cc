@@ -38,6 +38,8 @@ const char* Status::CodeName(Code c) {
       return "not supported";
     case Code::kReadOnly:
       return "read-only store";
+    case Code::kTooLarge:
+      return "value too large";
   }
   return "unknown";
 }

@@ -19,16 +19,33 @@ class Env;
 
 enum class EntryType : uint8_t { kFile = 1, kDir = 2, kSymlink = 3 };
 
-// Per-entry metadata, stored with every entry and persisted.
+// A Meta time holding kTimeNow is stamped by the engine with the time of the commit that
+// writes it. Every other value (0 and times before 1970 included) is stored as given.
+constexpr int64_t kTimeNow = INT64_MIN;
+
+// The largest value (file content) a store accepts: Commit refuses a bigger one with
+// TooLarge, and the filesystem answers EFBIG before buffering one.
+constexpr uint64_t kMaxValueSize = uint64_t{1} << 30;
+
+// Per-entry metadata, stored with every entry and persisted. The root directory ("") has
+// one too. Times are nanoseconds since the epoch, 64-bit.
 struct Meta {
   EntryType type = EntryType::kFile;
   uint32_t mode = 0644;  // permission bits only (07777); the type lives in `type`
   uint32_t uid = 0;
   uint32_t gid = 0;
-  int64_t mtime_ns = 0;  // nanoseconds since the epoch
-  int64_t ctime_ns = 0;
+  int64_t mtime_ns = kTimeNow;  // content; for a directory, its last entry added or removed
+  // Set by the engine to the time of the commit that last changed the entry (its value,
+  // its metadata, or for a directory its entries); a ctime in a mutation is ignored.
+  int64_t ctime_ns = kTimeNow;
+  // Last access as set by utimensat: reads do not update it (noatime). kTimeNow in a
+  // mutation keeps an existing entry's atime and stamps a new entry's.
+  int64_t atime_ns = kTimeNow;
+  // Directories: how many child directories it has (st_nlink = 2 + subdirs). Maintained
+  // by the engine; ignored in mutations.
+  uint32_t subdirs = 0;
 
-  // Defaults for new entries of each type (times 0: the engine stamps the commit time).
+  // Defaults for new entries of each type (times kTimeNow: the commit's).
   static Meta File(uint32_t mode = 0644) { return Meta{EntryType::kFile, mode}; }
   static Meta Dir(uint32_t mode = 0755) { return Meta{EntryType::kDir, mode}; }
   static Meta Symlink() { return Meta{EntryType::kSymlink, 0777}; }
@@ -65,7 +82,8 @@ struct Mutation {
     kPut,      // file or symlink (meta.type); replaces a file/symlink; IsDirectory on a dir
     kMkdir,    // AlreadyExists if present, unless exist_ok (then only the meta is updated)
     kDelete,   // file, symlink or empty directory; NotFound / NotEmpty
-    kSetMeta,  // mode/uid/gid/mtime/ctime of an existing entry; its type and value stay
+    kSetMeta,  // mode/uid/gid/atime/mtime of an existing entry ("" = the root); its type
+               // and value stay
     kRename,   // key or whole directory subtree to `target`, atomically
   };
   Op op = Op::kPut;
@@ -128,7 +146,9 @@ struct EngineStats {
 };
 
 // Reported after the served table changes. `changed` lists every key added, removed or
-// modified (renamed subtrees included); listeners use it to invalidate caches.
+// modified (renamed subtrees included), and every directory whose metadata changed because
+// entries were added to or removed from it: "" when it is the root. Listeners use it to
+// invalidate caches.
 struct ChangeEvent {
   uint64_t old_generation = 0;
   uint64_t new_generation = 0;

@@ -32,6 +32,7 @@ class [[nodiscard]] Status {
     kPermissionDenied,  // EPERM / EACCES
     kNotSupported,      // EOPNOTSUPP
     kReadOnly,          // EROFS
+    kTooLarge,          // EFBIG: a value over kMaxValueSize
   };
 
   Status() = default;
@@ -55,6 +56,7 @@ class [[nodiscard]] Status {
   static Status NotSupported(std::string_view msg = {}) { return Status(Code::kNotSupported, msg); }
   static Status ReadOnly(std::string_view msg = {}) { return Status(Code::kReadOnly, msg); }
   static Status NoSpace(std::string_view msg = {}) { return Status(Code::kNoSpace, msg); }
+  static Status TooLarge(std::string_view msg = {}) { return Status(Code::kTooLarge, msg); }
   // An I/O failure; `err` is the errno observed. ENOSPC/EDQUOT become kNoSpace.
   static Status FromErrno(int err, std::string_view what);
   static Status IOError(std::string_view msg, int err = 0);
