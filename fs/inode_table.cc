@@ -67,11 +67,10 @@ Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
   return raw;
 }
 
-uint64_t InodeTable::Acquire(const std::string& key, const Record& rec) {
+uint64_t InodeTable::Acquire(const std::string& key, const Record& rec, pid_t tid) {
   std::lock_guard<std::mutex> l(mu_);
-  auto pending = writer_pending_.find(key);
-  const bool for_writer = pending != writer_pending_.end() && pending->second == rec.version &&
-                          rec.meta.type == EntryType::kFile;
+  const bool for_writer = rec.meta.type == EntryType::kFile && !writer_pending_.empty() &&
+                          writer_pending_.count({key, tid}) > 0;
   auto it = by_key_.find(key);
   if (it != by_key_.end()) {
     for (Node* n : it->second) {
@@ -81,10 +80,15 @@ uint64_t InodeTable::Acquire(const std::string& key, const Record& rec) {
         ++n->nlookup;
         return n->id;
       }
-      // Readers share one clean node per version; a writer's lookup gets a tainted node
-      // nobody reads through the page cache.
-      const bool fits = for_writer ? n->tainted && n->cached_readers == 0 : !n->tainted;
-      if (n->version == rec.version && fits) {
+      if (for_writer && n->tainted) {
+        // Writers share writer nodes: each keeps its own copy of the value, and the node
+        // follows the newest committed version.
+        n->version = rec.version;
+        n->rec = CompactRecord(rec);
+        ++n->nlookup;
+        return n->id;
+      }
+      if (!for_writer && !n->tainted && n->version == rec.version) {
         ++n->nlookup;
         return n->id;
       }
@@ -96,20 +100,44 @@ uint64_t InodeTable::Acquire(const std::string& key, const Record& rec) {
   return n->id;
 }
 
-void InodeTable::ReserveForWriter(const std::string& key, uint64_t version) {
+namespace {
+// Adds (key, tid) to `m`, first forgetting marks whose open was abandoned (the process died
+// between the ESTALE and the retry): a retry comes within microseconds.
+template <class Map>
+void AddRetry(Map& m, const std::string& key, pid_t tid) {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = m.begin(); it != m.end();) {
+    it = now - it->second > std::chrono::seconds(5) ? m.erase(it) : std::next(it);
+  }
+  m[{key, tid}] = now;
+}
+}  // namespace
+
+void InodeTable::ReserveForWriter(const std::string& key, pid_t tid) {
   std::lock_guard<std::mutex> l(mu_);
-  writer_pending_[key] = version;
+  AddRetry(writer_pending_, key, tid);
 }
 
-void InodeTable::WriterOpened(const std::string& key) {
+void InodeTable::MarkReaderRetry(const std::string& key, pid_t tid) {
   std::lock_guard<std::mutex> l(mu_);
-  writer_pending_.erase(key);
+  AddRetry(reader_retry_, key, tid);
+}
+
+bool InodeTable::TakeReaderRetry(const std::string& key, pid_t tid) {
+  std::lock_guard<std::mutex> l(mu_);
+  return !reader_retry_.empty() && reader_retry_.erase({key, tid}) > 0;
+}
+
+void InodeTable::WriterOpened(const std::string& key, pid_t tid) {
+  std::lock_guard<std::mutex> l(mu_);
+  writer_pending_.erase({key, tid});
 }
 
 uint64_t InodeTable::AcquireFresh(const std::string& key, const Record& rec) {
   std::lock_guard<std::mutex> l(mu_);
   Node* n = NewNodeLocked(key, rec);
   n->nlookup = 1;
+  n->tainted = true;
   return n->id;
 }
 

@@ -7,7 +7,11 @@
 // readers keep their own immutable version.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,8 +42,9 @@ struct Node {
   uint32_t open_handles = 0;    // handles of any kind (the node must outlive them)
   uint32_t cached_readers = 0;  // open handles reading through the page cache
   uint32_t writers = 0;         // open write handles
-  bool tainted = false;         // a writer used it: the kernel may have grown its i_size, so it
-                                // is never handed out again for page-cache reads
+  bool tainted = false;         // a writer node, from birth: writers write through it and the
+                                // kernel may grow its i_size, so no reader ever opens it (a
+                                // reader that finds one is sent to a clean node, ESTALE)
   bool unlinked = false;        // removed through this mount: pending writes are dropped
 };
 
@@ -58,17 +63,28 @@ class InodeTable {
  public:
   InodeTable();
 
-  // The node for `key` as `rec` shows it, adding one lookup: an existing node when it
-  // shows the same version (and is not tainted), else a new one. Returns its id.
-  uint64_t Acquire(const std::string& key, const Record& rec);
-  // A fresh node for `key`/`rec` even if one exists (for a writer that must not share).
+  // The node for `key` as `rec` shows it, adding one lookup. For readers: the clean node
+  // of that version (one is made if none exists). For thread `tid` while it holds a
+  // writer reservation of `key` (ReserveForWriter): a writer node of the key (tainted),
+  // whatever version it last showed, now showing `rec`. Returns its id.
+  uint64_t Acquire(const std::string& key, const Record& rec, pid_t tid = 0);
+  // A fresh writer node for `key`/`rec` (tainted from birth) even if one exists: for a
+  // file just created, which no reader can share.
   uint64_t AcquireFresh(const std::string& key, const Record& rec);
 
-  // A writer was sent back (ESTALE) to look `key` up again: until it opens, lookups of
-  // `key` at `version` answer a node reserved for writers (tainted from birth, so no
-  // reader reads it through the page cache).
-  void ReserveForWriter(const std::string& key, uint64_t version);
-  void WriterOpened(const std::string& key);
+  // Thread `tid` tried to open `key` for writing through a clean node and was sent back
+  // (ESTALE): the VFS retries the open once, looking the path up again with LOOKUP_REVAL
+  // from the same thread, and that lookup must answer a writer node. Reservations not
+  // used within a few seconds (the open was abandoned) are dropped.
+  void ReserveForWriter(const std::string& key, pid_t tid);
+  // The writer's retried open succeeded: its reservation is used up.
+  void WriterOpened(const std::string& key, pid_t tid);
+  // A reader of `key` on thread `tid` was sent back (ESTALE) from a node that is not the
+  // newest version: its retry takes whichever clean node its lookup answered, even if a
+  // commit superseded that one meanwhile (TakeReaderRetry says so once), so that a reader
+  // is never sent back twice.
+  void MarkReaderRetry(const std::string& key, pid_t tid);
+  bool TakeReaderRetry(const std::string& key, pid_t tid);
 
   // Drops `n` lookups; erases the node at zero lookups and no open handles.
   // Aborts if the count would go negative (a kernel/daemon accounting bug).
@@ -110,7 +126,10 @@ class InodeTable {
   uint64_t next_id_ = kFirstDynamicId;
   std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_;
   std::unordered_map<std::string, std::vector<Node*>> by_key_;  // nodes showing each key
-  std::unordered_map<std::string, uint64_t> writer_pending_;    // key -> version
+  // Writer reservations: (key, thread) -> when it was made.
+  using Retries = std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point>;
+  std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point> writer_pending_;
+  Retries reader_retry_;
 };
 
 }  // namespace keyfs::fs

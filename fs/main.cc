@@ -165,6 +165,7 @@ int Serve(fuse_args* args, const std::string& store, const std::string& mountpoi
 
   keyfs::fs::Config config;
   config.read_only = read_only;
+  config.store_path = store;
   keyfs::fs::Filesystem fs(engine->get(), config);
   fuse_session* se = fuse_session_new(args, keyfs::fs::Filesystem::Ops(), sizeof(fuse_lowlevel_ops),
                                       fs.SessionData());

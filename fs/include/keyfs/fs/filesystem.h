@@ -5,6 +5,7 @@
 #include <fuse_lowlevel.h>
 
 #include <memory>
+#include <string>
 
 #include "keyfs/store/engine.h"
 
@@ -18,6 +19,8 @@ struct Config {
   // Threads for requests that commit: as many as writers that should share one group
   // commit (they mostly wait on the committer).
   unsigned workers = 32;
+  // The store's absolute path: statfs reports the space of the filesystem holding it.
+  std::string store_path;
 };
 
 // Maps a store Status to the errno a syscall should return.

@@ -1,0 +1,32 @@
+// The registry of write handles (handles.h).
+#include "handles.h"
+
+#include <algorithm>
+
+namespace keyfs::fs {
+
+void WriterRegistry::Add(WriteHandle* h) {
+  std::lock_guard<std::mutex> l(mu_);
+  by_node_[h->node].push_back(h);
+}
+
+void WriterRegistry::Remove(WriteHandle* h) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_node_.find(h->node);
+  if (it == by_node_.end()) return;
+  auto& v = it->second;
+  v.erase(std::remove(v.begin(), v.end(), h), v.end());
+  if (v.empty()) by_node_.erase(it);
+}
+
+WriteHandle* WriterRegistry::Find(uint64_t node, pid_t pid) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_node_.find(node);
+  if (it == by_node_.end()) return nullptr;
+  for (auto h = it->second.rbegin(); h != it->second.rend(); ++h) {
+    if ((*h)->pid == pid) return static_cast<WriteHandle*>(Ref(*h));
+  }
+  return nullptr;
+}
+
+}  // namespace keyfs::fs

@@ -1,0 +1,97 @@
+// Open files and directories: one Handle per fuse_file_info::fh, typed by what was
+// opened, and the registry of write handles per node (a handle-less SETATTR, the kernel's
+// open(O_TRUNC), and fstat find the caller's writer through it).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "keyfs/store/engine.h"
+
+namespace keyfs::fs {
+
+// Owned through fuse_file_info::fh. References: the kernel's (dropped at RELEASE) plus one
+// per queued job using the handle, so a FLUSH still committing on a worker never sees the
+// handle freed by a racing RELEASE.
+struct Handle {
+  enum class Kind { kReader, kWriter, kDir, kStats, kSync };
+  explicit Handle(Kind k, uint64_t n) : kind(k), node(n) {}
+  virtual ~Handle() = default;
+  const Kind kind;
+  const uint64_t node;
+  std::atomic<int> refs{1};
+};
+
+// A reader of one committed version, through the page cache of its node.
+struct ReadHandle final : Handle {
+  explicit ReadHandle(uint64_t n) : Handle(Kind::kReader, n) {}
+  Record rec;  // the version it reads, pinned
+};
+
+// A writer: a private copy of the value, committed at FLUSH/fsync/RELEASE (write_path.h).
+struct WriteHandle final : Handle {
+  explicit WriteHandle(uint64_t n) : Handle(Kind::kWriter, n) {}
+  pid_t pid = 0;        // the thread that opened it (a handle-less SETATTR names only that)
+  bool append = false;  // O_APPEND: every write lands at the end of buf
+  std::mutex mu;        // guards the fields below
+  std::string buf;
+  bool dirty = false;                 // written since the last commit
+  bool truncated = false;             // size changed since the last commit
+  bool drop_privs = false;            // written by someone without root's privilege: the
+                                      // commit clears setuid/setgid (ModeAfterWriteBy)
+  uint64_t edits = 0;                 // bumps on every change, to tell if a commit covered them
+  Meta create_meta;                   // for a file this handle created
+  int64_t explicit_mtime = kTimeNow;  // set by utimens after the last write: the commit keeps it
+  uint64_t write_owner = 0;           // lock_owner (the writer's file table) of the last WRITE
+};
+
+// A directory listing: where the next readdir continues (a cursor, not a rescan).
+struct DirHandle final : Handle {
+  explicit DirHandle(uint64_t n) : Handle(Kind::kDir, n) {}
+  off_t next_off = 0;
+  std::string last_name;
+};
+
+// MOUNT/.keyfs/stats (a snapshot of the JSON taken at open) or MOUNT/.keyfs/sync.
+struct ControlHandle final : Handle {
+  ControlHandle(Kind k, uint64_t n) : Handle(k, n) {}
+  std::string text;
+};
+
+inline Handle* Ref(Handle* h) {
+  h->refs.fetch_add(1, std::memory_order_relaxed);
+  return h;
+}
+inline void Unref(Handle* h) {
+  if (h->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete h;
+}
+inline Handle* HandleOf(uint64_t fh) { return reinterpret_cast<Handle*>(fh); }
+// The write handle behind `fh`, or nullptr if it is not one.
+inline WriteHandle* WriterOf(uint64_t fh) {
+  Handle* h = HandleOf(fh);
+  return h != nullptr && h->kind == Handle::Kind::kWriter ? static_cast<WriteHandle*>(h) : nullptr;
+}
+
+// Thread-safety: every method locks the registry's own mutex (a leaf lock: nothing else is
+// taken while it is held).
+class WriterRegistry {
+ public:
+  void Add(WriteHandle* h);
+  void Remove(WriteHandle* h);
+  // The newest write handle that thread `pid` opened on `node`, with a reference the caller
+  // drops (Unref); nullptr if none.
+  WriteHandle* Find(uint64_t node, pid_t pid);
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<uint64_t, std::vector<WriteHandle*>> by_node_;
+};
+
+}  // namespace keyfs::fs

@@ -1,0 +1,121 @@
+// The write path (write_path.h).
+#include "write_path.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "keyfs/fs/filesystem.h"
+
+namespace keyfs::fs {
+
+namespace {
+// A size the copy may grow to: EFBIG past the largest value a store takes.
+int CheckSize(uint64_t size) { return size > kMaxValueSize ? EFBIG : 0; }
+}  // namespace
+
+Status WritePath::CommitBatch(const Batch& b) {
+  Status s = engine_->Commit(b);
+  if (s.ok()) {
+    FsCounters::Bump(counters_->commits);
+  } else if (s.code() == Status::Code::kIOError || s.code() == Status::Code::kNoSpace ||
+             s.IsCorruption()) {
+    FsCounters::Bump(counters_->errors);
+    spdlog::error("commit failed: {}", s.ToString());
+  }
+  return s;
+}
+
+int WritePath::Write(WriteHandle* h, const Caller& c, const char* data, size_t size, off_t off,
+                     uint64_t lock_owner) {
+  if (off < 0) return EINVAL;
+  std::lock_guard<std::mutex> l(h->mu);
+  const uint64_t at = h->append ? h->buf.size() : static_cast<uint64_t>(off);
+  if (int err = CheckSize(at + size)) return err;
+  if (at + size > h->buf.size()) h->buf.resize(at + size);
+  std::memcpy(h->buf.data() + at, data, size);
+  h->dirty = true;
+  if (WriteDropsPrivs(c)) h->drop_privs = true;
+  h->explicit_mtime = kTimeNow;  // a write after utimens makes the mtime "now" again
+  if (lock_owner != 0) h->write_owner = lock_owner;
+  ++h->edits;
+  return 0;
+}
+
+int WritePath::Resize(WriteHandle* h, const Caller& c, int64_t size) {
+  if (size < 0) return EINVAL;
+  if (int err = CheckSize(static_cast<uint64_t>(size))) return err;
+  std::lock_guard<std::mutex> l(h->mu);
+  h->buf.resize(static_cast<size_t>(size));
+  h->truncated = true;
+  if (WriteDropsPrivs(c)) h->drop_privs = true;
+  ++h->edits;
+  return 0;
+}
+
+int WritePath::Commit(WriteHandle* h, bool* committed) {
+  *committed = false;
+  std::string value;
+  uint64_t edits;
+  int64_t mtime;
+  bool drop_privs;
+  {
+    std::lock_guard<std::mutex> l(h->mu);
+    if (!h->dirty && !h->truncated) return 0;
+    value = h->buf;
+    edits = h->edits;
+    mtime = h->explicit_mtime;
+    drop_privs = h->drop_privs;
+  }
+  std::string key;
+  bool unlinked = false;
+  table_->WithNode(h->node, [&](Node& n) {
+    key = n.key;
+    unlinked = n.unlinked;
+  });
+  if (key.empty() && !unlinked) return EIO;
+  if (!unlinked) {
+    Meta meta = h->create_meta;
+    auto cur = engine_->Get(key);
+    if (cur.ok() && cur->meta.type == EntryType::kFile) meta = cur->meta;
+    meta.type = EntryType::kFile;
+    meta.mtime_ns = mtime;  // kTimeNow: the commit's time
+    if (drop_privs) meta.mode = WithoutPrivs(meta.mode);
+    Status s = CommitBatch(Batch().Put(key, std::move(value), meta));
+    if (!s.ok()) return StatusToErrno(s);
+    spdlog::debug("committed {}", key);
+    *committed = true;
+    // The writer's node (no page-cache reader ever uses it) now shows the value it
+    // committed, for stat and for the writer's own reads.
+    auto now = engine_->Get(key);
+    if (now.ok()) {
+      table_->WithNode(h->node, [&](Node& n) {
+        n.version = now->version;
+        n.rec = CompactRecord(*now);
+      });
+    }
+  }
+  std::lock_guard<std::mutex> l(h->mu);
+  if (h->edits == edits) h->dirty = h->truncated = h->drop_privs = false;
+  return 0;
+}
+
+int WritePath::TruncateKey(const std::string& key, int64_t size, const Meta& meta) {
+  if (size < 0) return EINVAL;
+  if (int err = CheckSize(static_cast<uint64_t>(size))) return err;
+  auto cur = engine_->Get(key);
+  if (!cur.ok()) return StatusToErrno(cur.status());
+  if (cur->meta.type != EntryType::kFile) {
+    return cur->meta.type == EntryType::kDir ? EISDIR : EINVAL;
+  }
+  std::string v(cur->value.substr(0, std::min<uint64_t>(cur->value.size(), size)));
+  v.resize(static_cast<size_t>(size));
+  Meta m = meta;
+  m.type = EntryType::kFile;
+  Status s = CommitBatch(Batch().Put(key, std::move(v), m));
+  return s.ok() ? 0 : StatusToErrno(s);
+}
+
+}  // namespace keyfs::fs

@@ -1,0 +1,54 @@
+// The write path: how bytes written to a file become a committed value.
+//
+// A write handle holds a private copy of the value (handles.h). WRITE and truncation
+// change only that copy; the copy is committed as one Put at FLUSH (the writer's close),
+// fsync, or RELEASE (a handle that only truncated), so nobody else ever sees a partial
+// value. Sizes are bounded by kMaxValueSize before anything is allocated: a hostile offset
+// gets EFBIG, never a huge buffer.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "attr.h"
+#include "control_files.h"
+#include "handles.h"
+#include "inode_table.h"
+#include "keyfs/store/engine.h"
+
+namespace keyfs::fs {
+
+// Thread-safety: every method may be called from any thread; a handle's own fields are
+// guarded by its mutex. Lock order: WriteHandle::mu, then InodeTable's (never the reverse).
+class WritePath {
+ public:
+  WritePath(Engine* engine, InodeTable* table, FsCounters* counters)
+      : engine_(engine), table_(table), counters_(counters) {}
+
+  // Commits `b`, counting it; logs I/O failures. The engine's Status.
+  Status CommitBatch(const Batch& b);
+
+  // Writes `size` bytes at `off` (at the end for O_APPEND) into the handle's copy.
+  // 0, or EFBIG past kMaxValueSize, EINVAL for a negative offset.
+  int Write(WriteHandle* h, const Caller& c, const char* data, size_t size, off_t off,
+            uint64_t lock_owner);
+  // Sets the copy's size (ftruncate, open with O_TRUNC). 0, or EFBIG / EINVAL.
+  int Resize(WriteHandle* h, const Caller& c, int64_t size);
+
+  // Commits the handle's copy if it changed since its last commit; *committed says whether
+  // it did. The node then shows the committed version. 0 or an errno.
+  int Commit(WriteHandle* h, bool* committed);
+
+  // truncate(2) of `key` with no write handle of the caller: a commit of its own, with
+  // `meta` as the entry's new metadata. 0 or an errno.
+  int TruncateKey(const std::string& key, int64_t size, const Meta& meta);
+
+ private:
+  Engine* const engine_;
+  InodeTable* const table_;
+  FsCounters* const counters_;
+};
+
+}  // namespace keyfs::fs
