@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -31,7 +32,9 @@ struct Options {
   char* mountpoint = nullptr;  // second (also left for libfuse)
   int create = 0;
   char* engine = nullptr;
-  unsigned sync_interval = 30;
+  char* sync_interval = nullptr;
+  int fsname_given = 0;  // -o fsname= / subtype= of the user's win over ours
+  int subtype_given = 0;
   int ro = 0;
   char* log_level = nullptr;
   char* log_file = nullptr;
@@ -46,7 +49,7 @@ enum { kKeyHelp, kKeyVersion };
 const fuse_opt kOptSpec[] = {
     KEYFS_OPT("create", create),
     KEYFS_OPT("engine=%s", engine),
-    KEYFS_OPT("sync_interval=%u", sync_interval),
+    KEYFS_OPT("sync_interval=%s", sync_interval),
     KEYFS_OPT("log_level=%s", log_level),
     KEYFS_OPT("log_file=%s", log_file),
     FUSE_OPT_KEY("-h", kKeyHelp),
@@ -68,6 +71,8 @@ int OptProc(void* data, const char* arg, int key, fuse_args*) {
       return 1;
     case FUSE_OPT_KEY_OPT:
       if (std::strcmp(arg, "ro") == 0) o->ro = 1;  // ours, and the kernel's too
+      if (std::strncmp(arg, "fsname=", 7) == 0) o->fsname_given = 1;
+      if (std::strncmp(arg, "subtype=", 8) == 0) o->subtype_given = 1;
       return 1;
     case kKeyHelp:
       o->show_help = 1;
@@ -101,6 +106,39 @@ void Usage(const char* prog) {
   fuse_lowlevel_help();
 }
 
+// What libfuse says while the daemon starts is kept and folded into keyfs's one line;
+// once the mount is up it goes to keyfs's log.
+std::string g_libfuse_said;
+bool g_libfuse_to_log = false;
+
+void LibfuseLog(enum fuse_log_level level, const char* fmt, va_list ap) {
+  char buf[1024];
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  if (g_libfuse_to_log) {
+    std::string line(buf);
+    while (!line.empty() && line.back() == '\n') line.pop_back();
+    spdlog::log(level <= FUSE_LOG_ERR ? spdlog::level::err : spdlog::level::info, "libfuse: {}",
+                line);
+  } else {
+    g_libfuse_said += buf;  // one message may come in several calls
+  }
+}
+
+// " (libfuse: ...)" when libfuse said something, else "": its lines joined with "; ".
+std::string LibfuseSaid() {
+  std::string said;
+  size_t start = 0;
+  while (start < g_libfuse_said.size()) {
+    size_t end = g_libfuse_said.find('\n', start);
+    if (end == std::string::npos) end = g_libfuse_said.size();
+    std::string line = g_libfuse_said.substr(start, end - start);
+    if (line.rfind("fuse: ", 0) == 0) line.erase(0, 6);
+    if (!line.empty()) said += (said.empty() ? "" : "; ") + line;
+    start = end + 1;
+  }
+  return said.empty() ? std::string() : " (libfuse: " + said + ")";
+}
+
 [[noreturn]] void Die(const std::string& msg) {
   std::fprintf(stderr, "keyfs: %s\n", msg.c_str());
   std::exit(1);
@@ -114,6 +152,13 @@ std::string AbsolutePath(const std::string& p) {
 }
 
 void SetUpLogging(const Options& o, bool foreground, bool debug) {
+  if (o.log_file != nullptr) {
+    // spdlog would create missing directories and fail later in the background: refuse a
+    // log file that cannot be opened now, with the reason.
+    int fd = open(o.log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) Die(std::string("cannot open log file ") + o.log_file + ": " + strerror(errno));
+    close(fd);
+  }
   std::shared_ptr<spdlog::logger> logger;
   try {
     if (o.log_file != nullptr) {
@@ -169,7 +214,7 @@ int Serve(fuse_args* args, const std::string& store, const std::string& mountpoi
   keyfs::fs::Filesystem fs(engine->get(), config);
   fuse_session* se = fuse_session_new(args, keyfs::fs::Filesystem::Ops(), sizeof(fuse_lowlevel_ops),
                                       fs.SessionData());
-  if (se == nullptr) return fail("bad libfuse options (see keyfs --help)");
+  if (se == nullptr) return fail("bad libfuse options" + LibfuseSaid() + " (see keyfs --help)");
   if (fuse_set_signal_handlers(se) != 0) {
     fuse_session_destroy(se);
     return fail("cannot install signal handlers");
@@ -177,9 +222,11 @@ int Serve(fuse_args* args, const std::string& store, const std::string& mountpoi
   if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
-    return fail("cannot mount " + mountpoint + " (is FUSE available? is it already mounted?)");
+    return fail("cannot mount " + mountpoint + LibfuseSaid() +
+                " (is FUSE available? is it already mounted?)");
   }
   fs.Start(se);
+  g_libfuse_to_log = true;
   spdlog::info("mounted {} ({}) at {}{}", store, (*engine)->name(), mountpoint,
                read_only ? " read-only" : "");
   if (ready_fd >= 0) {
@@ -212,10 +259,23 @@ int Serve(fuse_args* args, const std::string& store, const std::string& mountpoi
 
 }  // namespace
 
+// The seconds of -o sync_interval: digits only, at most a year.
+unsigned ParseSyncInterval(const char* text) {
+  const std::string t = text;
+  if (t.empty() || t.size() > 8 || t.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoul(t) > 365u * 86400) {
+    Die("bad sync_interval '" + t + "': a number of seconds from 0 (only on fsync) to 31536000");
+  }
+  return static_cast<unsigned>(std::stoul(t));
+}
+
 int main(int argc, char** argv) {
+  fuse_set_log_func(LibfuseLog);
   fuse_args args = FUSE_ARGS_INIT(argc, argv);
   Options o;
-  if (fuse_opt_parse(&args, &o, kOptSpec, OptProc) != 0) Die("bad options (see keyfs --help)");
+  if (fuse_opt_parse(&args, &o, kOptSpec, OptProc) != 0) {
+    Die("bad options" + LibfuseSaid() + " (see keyfs --help)");
+  }
   if (o.show_help) {
     Usage(argv[0]);
     return 0;
@@ -232,15 +292,37 @@ int main(int argc, char** argv) {
     // Before libfuse looks at it, so the one line is ours.
     struct stat mst;
     if (stat(o.mountpoint, &mst) != 0) {
+      if (errno == ENOTCONN) {
+        Die(std::string("mountpoint ") + o.mountpoint +
+            ": the daemon that served it is gone (a dead mount): run `fusermount3 -u -z " +
+            o.mountpoint + "` and mount again");
+      }
       Die(std::string("mountpoint ") + o.mountpoint + ": " + strerror(errno));
     }
     if (!S_ISDIR(mst.st_mode))
       Die(std::string("mountpoint ") + o.mountpoint + " is not a directory");
   }
+  const std::string store = AbsolutePath(o.store);
+  {
+    // findmnt, df and mount -a name the store: the mount's source is its absolute path,
+    // its type fuse.keyfs.
+    char* opts = nullptr;
+    if (!o.fsname_given && fuse_opt_add_opt_escaped(&opts, ("fsname=" + store).c_str()) != 0) {
+      Die("out of memory");
+    }
+    if (!o.subtype_given && fuse_opt_add_opt(&opts, "subtype=keyfs") != 0) Die("out of memory");
+    if (opts != nullptr) {
+      if (fuse_opt_add_arg(&args, "-o") != 0 || fuse_opt_add_arg(&args, opts) != 0) {
+        Die("out of memory");
+      }
+      free(opts);
+    }
+  }
   fuse_cmdline_opts cmd;
   std::memset(&cmd, 0, sizeof(cmd));
-  if (fuse_parse_cmdline(&args, &cmd) != 0) Die("bad options (see keyfs --help)");
-  const std::string store = AbsolutePath(o.store);
+  if (fuse_parse_cmdline(&args, &cmd) != 0) {
+    Die("bad options" + LibfuseSaid() + " (see keyfs --help)");
+  }
   const std::string mountpoint = cmd.mountpoint;
   const bool foreground = cmd.foreground || cmd.debug;
   SetUpLogging(o, foreground, cmd.debug);
@@ -250,7 +332,7 @@ int main(int argc, char** argv) {
   open_options.read_only = o.ro;
   open_options.watch = true;
   open_options.create = o.create;
-  open_options.sync_interval_s = o.sync_interval;
+  if (o.sync_interval != nullptr) open_options.sync_interval_s = ParseSyncInterval(o.sync_interval);
   if (o.engine != nullptr) {
     auto kind = keyfs::ParseEngineKind(o.engine);
     if (!kind.ok()) Die(std::string(kind.status().message()));
