@@ -125,9 +125,9 @@ int PlanMetaChange(const Caller& c, const Meta& cur, const AttrRequest& a, int64
   return 0;
 }
 
-uint32_t WithoutPrivs(uint32_t mode) {
+uint32_t WithoutPrivs(uint32_t mode, bool writer_in_group) {
   mode &= ~uint32_t{S_ISUID};
-  if (mode & S_IXGRP) mode &= ~uint32_t{S_ISGID};
+  if ((mode & S_IXGRP) || !writer_in_group) mode &= ~uint32_t{S_ISGID};
   return mode;
 }
 

@@ -60,8 +60,11 @@ int PlanMetaChange(const Caller& c, const Meta& cur, const AttrRequest& a, int64
 
 // Whether a write or truncate by `c` takes setuid/setgid away (Linux's should_remove_suid:
 // everyone but root), and the mode that is left: without setuid, and without setgid when
-// the group may execute.
+// the group may execute or the writer is not in the file's group (Linux 6.2 and later).
 inline bool WriteDropsPrivs(const Caller& c) { return c.uid != 0; }
-uint32_t WithoutPrivs(uint32_t mode);
+uint32_t WithoutPrivs(uint32_t mode, bool writer_in_group);
+// Whether deciding WithoutPrivs for a write to a file of mode `mode` needs the writer's
+// supplementary groups (setgid without group execute).
+inline bool PrivsNeedGroups(uint32_t mode) { return (mode & S_ISGID) && !(mode & S_IXGRP); }
 
 }  // namespace keyfs::fs

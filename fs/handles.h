@@ -45,7 +45,8 @@ struct WriteHandle final : Handle {
   bool dirty = false;                 // written since the last commit
   bool truncated = false;             // size changed since the last commit
   bool drop_privs = false;            // written by someone without root's privilege: the
-                                      // commit clears setuid/setgid (ModeAfterWriteBy)
+                                      // commit clears setuid/setgid (WithoutPrivs)
+  bool writer_in_group = true;        // ... and whether that writer is in the file's group
   uint64_t edits = 0;                 // bumps on every change, to tell if a commit covered them
   Meta create_meta;                   // for a file this handle created
   int64_t explicit_mtime = kTimeNow;  // set by utimens after the last write: the commit keeps it

@@ -78,7 +78,7 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
     if (int err = write_path.Resize(wh, c, size)) return err;
   } else if (set_size) {
     // truncate(2) with no write handle of the caller: a commit of its own, metadata with it.
-    if (WriteDropsPrivs(c)) meta.mode = WithoutPrivs(meta.mode);
+    if (WriteDropsPrivs(c)) meta.mode = WithoutPrivs(meta.mode, c.InGroup(meta.gid));
     if (!(a.to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW))) meta.mtime_ns = kTimeNow;
     if (int err = write_path.TruncateKey(key, size, meta)) return err;
   }

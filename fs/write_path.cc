@@ -37,7 +37,10 @@ int WritePath::Write(WriteHandle* h, const Caller& c, const char* data, size_t s
   if (at + size > h->buf.size()) h->buf.resize(at + size);
   std::memcpy(h->buf.data() + at, data, size);
   h->dirty = true;
-  if (WriteDropsPrivs(c)) h->drop_privs = true;
+  if (WriteDropsPrivs(c)) {
+    h->drop_privs = true;
+    h->writer_in_group = h->writer_in_group && c.InGroup(h->create_meta.gid);
+  }
   h->explicit_mtime = kTimeNow;  // a write after utimens makes the mtime "now" again
   if (lock_owner != 0) h->write_owner = lock_owner;
   ++h->edits;
@@ -50,7 +53,10 @@ int WritePath::Resize(WriteHandle* h, const Caller& c, int64_t size) {
   std::lock_guard<std::mutex> l(h->mu);
   h->buf.resize(static_cast<size_t>(size));
   h->truncated = true;
-  if (WriteDropsPrivs(c)) h->drop_privs = true;
+  if (WriteDropsPrivs(c)) {
+    h->drop_privs = true;
+    h->writer_in_group = h->writer_in_group && c.InGroup(h->create_meta.gid);
+  }
   ++h->edits;
   return 0;
 }
@@ -60,7 +66,7 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
   std::string value;
   uint64_t edits;
   int64_t mtime;
-  bool drop_privs;
+  bool drop_privs, writer_in_group;
   {
     std::lock_guard<std::mutex> l(h->mu);
     if (!h->dirty && !h->truncated) return 0;
@@ -68,6 +74,7 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
     edits = h->edits;
     mtime = h->explicit_mtime;
     drop_privs = h->drop_privs;
+    writer_in_group = h->writer_in_group;
   }
   std::string key;
   bool unlinked = false;
@@ -82,7 +89,7 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
     if (cur.ok() && cur->meta.type == EntryType::kFile) meta = cur->meta;
     meta.type = EntryType::kFile;
     meta.mtime_ns = mtime;  // kTimeNow: the commit's time
-    if (drop_privs) meta.mode = WithoutPrivs(meta.mode);
+    if (drop_privs) meta.mode = WithoutPrivs(meta.mode, writer_in_group);
     Status s = CommitBatch(Batch().Put(key, std::move(value), meta));
     if (!s.ok()) return StatusToErrno(s);
     spdlog::debug("committed {}", key);
@@ -98,7 +105,10 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
     }
   }
   std::lock_guard<std::mutex> l(h->mu);
-  if (h->edits == edits) h->dirty = h->truncated = h->drop_privs = false;
+  if (h->edits == edits) {
+    h->dirty = h->truncated = h->drop_privs = false;
+    h->writer_in_group = true;
+  }
   return 0;
 }
 
