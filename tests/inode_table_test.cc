@@ -125,5 +125,54 @@ TEST(InodeTable, UnlinkedNodeIsNotHandedOutAgain) {
   EXPECT_NE(t.Acquire("k", FileAt(1)), a);
 }
 
+// The ESTALE scheme (fs/fs_impl.h): a writer sent back from a clean node retries its lookup
+// on the same thread and must get a writer node; everyone else keeps getting clean nodes,
+// and a clean node never turns into a writer node.
+TEST(InodeTable, WriterReservationIsPerThreadAndNodesKeepTheirKind) {
+  InodeTable t;
+  const uint64_t clean = t.Acquire("k", FileAt(1), /*tid=*/100);
+  bool tainted = true;
+  t.WithNode(clean, [&](Node& n) { tainted = n.tainted; });
+  EXPECT_FALSE(tainted);
+  t.ReserveForWriter("k", 100);
+  const uint64_t writer = t.Acquire("k", FileAt(1), 100);
+  EXPECT_NE(writer, clean);
+  t.WithNode(writer, [&](Node& n) { tainted = n.tainted; });
+  EXPECT_TRUE(tainted);
+  EXPECT_EQ(t.Acquire("k", FileAt(1), 200), clean) << "another thread is a reader";
+  // A second writer's retry shares the writer node, which follows the newest version.
+  t.ReserveForWriter("k", 300);
+  EXPECT_EQ(t.Acquire("k", FileAt(2), 300), writer);
+  uint64_t version = 0;
+  t.WithNode(writer, [&](Node& n) { version = n.version; });
+  EXPECT_EQ(version, 2u);
+  t.WriterOpened("k", 100);
+  t.WriterOpened("k", 300);
+  const uint64_t reader2 = t.Acquire("k", FileAt(2), 100);
+  EXPECT_NE(reader2, writer) << "a used reservation is gone";
+  EXPECT_NE(reader2, clean) << "a new version gets a new clean node";
+  t.WithNode(clean, [&](Node& n) { tainted = n.tainted; });
+  EXPECT_FALSE(tainted);
+}
+
+TEST(InodeTable, ReaderRetryIsTakenOnce) {
+  InodeTable t;
+  EXPECT_FALSE(t.TakeReaderRetry("k", 7));
+  t.MarkReaderRetry("k", 7);
+  EXPECT_FALSE(t.TakeReaderRetry("k", 8));
+  EXPECT_FALSE(t.TakeReaderRetry("j", 7));
+  EXPECT_TRUE(t.TakeReaderRetry("k", 7));
+  EXPECT_FALSE(t.TakeReaderRetry("k", 7));
+}
+
+TEST(InodeTable, FreshNodeIsAWriterNode) {
+  InodeTable t;
+  const uint64_t a = t.AcquireFresh("k", FileAt(1));
+  bool tainted = false;
+  t.WithNode(a, [&](Node& n) { tainted = n.tainted; });
+  EXPECT_TRUE(tainted);
+  EXPECT_NE(t.Acquire("k", FileAt(1)), a) << "readers never get a writer node";
+}
+
 }  // namespace
 }  // namespace keyfs::fs
