@@ -258,6 +258,8 @@ TEST_F(DetsSyncMountTest, TimerSyncMakesAClosedWriteDurable) {
   // 15 s is many intervals; the default of 30 s (an ignored option) would not make it.
   EXPECT_TRUE(Poll([&] { return Durable("k") == "written before the timer"; }, 15s))
       << "keyfsctl get after 15 s: " << Durable("k") << "\nstats: " << Stats();
+  // The renamed file is on disk a moment before the daemon counts the sync as done.
+  Poll([&] { return JsonInt(Stats(), "syncs") >= 1; }, 10s);
   const std::string stats = Stats();
   EXPECT_GE(JsonInt(stats, "syncs"), 1) << "\"syncs\" counts completed syncs: " << stats;
   EXPECT_EQ(JsonInt(stats, "buffered_writes"), 0) << stats;
