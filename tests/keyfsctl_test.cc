@@ -405,7 +405,7 @@ TEST_F(Create, NewStoreIsEmptyAndSound) {
   EXPECT_EQ(v.status, 0) << v.err;
   EXPECT_TRUE(v.out.ends_with("\nok\n")) << v.out;
   Result info = Ctl({"info", "s"});
-  EXPECT_TRUE(info.out.starts_with("engine: snapshot\nformat_version: 1\nentries: 0\n"))
+  EXPECT_TRUE(info.out.starts_with("engine: snapshot\nformat_version: 2\nentries: 0\n"))
       << info.out;
 }
 
@@ -993,7 +993,7 @@ TEST_P(Info, Golden) {
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.err, "");
   std::string fixed = "engine: " + engine_ +
-                      "\nformat_version: 1\nentries: 4\nfiles: 2\ndirs: 1\n"
+                      "\nformat_version: 2\nentries: 4\nfiles: 2\ndirs: 1\n"
                       "symlinks: 1\nvalue_bytes: 8\nfile_bytes: " +
                       std::to_string(st.st_size) + "\n";
   ASSERT_TRUE(r.out.starts_with(fixed)) << r.out;
