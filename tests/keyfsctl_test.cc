@@ -952,8 +952,17 @@ TEST_P(RoundTrip, ImportThenExportKeepsEverything) {
     t += 86'400'000'000'001;  // a day and a nanosecond apart
   }
   ASSERT_EQ(::chmod((src + "/ro").c_str(), 0555), 0);  // chmod does not change the mtime
+  // Access times are kept too (a symlink's and a directory's included).
+  constexpr int64_t kAtime = 1'262'304'000'987'654'321;  // 2010-01-01T00:00:00.987654321Z
+  for (const char* p : {"etc/app.conf", "link", "deep/a"}) {
+    struct timespec ts[2] = {{kAtime / 1'000'000'000, kAtime % 1'000'000'000}, {0, UTIME_OMIT}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (src + "/" + p).c_str(), ts, AT_SYMLINK_NOFOLLOW), 0) << p;
+  }
 
   EXPECT_EQ(Ctl({"import", "s", "src"}), Ok());
+  for (const char* p : {"etc/app.conf", "link", "deep/a"}) {
+    EXPECT_EQ(MetaOf(p).atime_ns, kAtime) << p;
+  }
   EXPECT_EQ(Ctl({"list", "s"}),
             Ok("bin/\nbin/run.sh\ndata.bin\ndeep/\ndeep/a/\ndeep/a/b/\ndeep/a/b/leaf\n"
                "deep/dangling\netc/\netc/app.conf\netc/empty.txt\netc/empty/\nlink\n"
@@ -962,6 +971,13 @@ TEST_P(RoundTrip, ImportThenExportKeepsEverything) {
   EXPECT_EQ(MetaOf("etc/app.conf").mtime_ns, kT);
 
   EXPECT_EQ(Ctl({"export", "s", "dst"}), Ok());
+  for (const char* p : {"etc/app.conf", "link", "deep/a"}) {
+    struct stat st;
+    ASSERT_EQ(::lstat(Path(std::string("dst/") + p).c_str(), &st), 0) << p;
+    EXPECT_EQ(int64_t{st.st_atim.tv_sec} * 1'000'000'000 + st.st_atim.tv_nsec, kAtime) << p;
+    EXPECT_EQ(int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec, MetaOf(p).mtime_ns)
+        << p;
+  }
   std::vector<std::string> want = DescribeTree(src);
   EXPECT_EQ(want.size(), 16u);
   EXPECT_EQ(DescribeTree(Path("dst")), want);
@@ -974,6 +990,8 @@ TEST_P(RoundTrip, ImportThenExportKeepsEverything) {
   for (const char* key : {"ro", "etc/app.conf", "link", "bin"}) {
     Meta a = MetaOf(key, "s2"), b = MetaOf(key, "s");
     a.ctime_ns = b.ctime_ns = 0;  // ctime is the commit's, by design
+    // Reading dst above (DescribeTree) moved its atimes (relatime); they are checked above.
+    a.atime_ns = b.atime_ns = 0;
     EXPECT_EQ(a, b) << key;
   }
   ASSERT_EQ(::chmod((src + "/ro").c_str(), 0755), 0);  // so the cleanup may remove it
@@ -1029,8 +1047,16 @@ TEST_P(Info, Golden) {
   EXPECT_EQ(rest[1].size(), std::string("last_sync: 2001-02-03T04:05:06.123456789Z").size())
       << rest[1];
   EXPECT_TRUE(rest[1].ends_with("Z")) << rest[1];
+  // The root directory: a new store's belongs to its creator, mode 0755; "d" is its one
+  // subdirectory; its mtime is that of the last entry added to it (the symlink "l").
+  ASSERT_GE(rest.size(), 6u);
+  EXPECT_EQ(rest[2], "root_mode: 0755");
+  EXPECT_EQ(rest[3],
+            "root_owner: " + std::to_string(::geteuid()) + ":" + std::to_string(::getegid()));
+  EXPECT_TRUE(rest[4].starts_with("root_mtime: ") && rest[4].ends_with("Z")) << rest[4];
+  EXPECT_EQ(rest[5], "root_subdirs: 1");
   // The engine's own pairs follow, one "key: value" a line.
-  for (size_t i = 2; i < rest.size(); ++i) {
+  for (size_t i = 6; i < rest.size(); ++i) {
     size_t colon = rest[i].find(": ");
     EXPECT_TRUE(colon != std::string::npos && colon > 0) << rest[i];
   }
