@@ -214,7 +214,8 @@ class WriteBuffer {
     }
   }
 
-  bool empty() const { return nodes_ == 0; }
+  // Nothing buffered: no key and no change of the root.
+  bool empty() const { return nodes_ == 0 && root_ == nullptr; }
   uint64_t nodes() const { return nodes_; }
   // Memory held: arena, hash index and child lists.
   uint64_t bytes() const;
