@@ -547,6 +547,19 @@ TEST_P(Put, CreatesMissingParents) {
   EXPECT_EQ(d.mode, 0755u);
 }
 
+TEST_P(Put, ReservedNameIsRefused) {
+  CreateStore();
+  std::string before = StoreState();
+  EXPECT_EQ(Ctl({"put", "s", ".keyfs/sync", "1"}),
+            Fails(".keyfs/sync: invalid key: '.keyfs/sync': .keyfs is reserved for the mount's "
+                  "control directory"));
+  EXPECT_EQ(Ctl({"put", "s", ".keyfs", "1"}),
+            Fails(".keyfs: invalid key: '.keyfs': .keyfs is reserved for the mount's control "
+                  "directory"));
+  EXPECT_EQ(StoreState(), before);
+  EXPECT_EQ(Ctl({"put", "s", "d/.keyfs", "1"}), Ok());  // only as the first component
+}
+
 TEST_P(Put, ValueFromStdin) {
   CreateStore();
   std::string value("bin\0ary\n\xff", 9);
@@ -811,6 +824,19 @@ TEST_P(Import, KeyTooLongIsRefusedAndNothingIsImported) {
   EXPECT_EQ(Ctl({"import", "s", "src"}),
             Fails("src/" + Repeat('d', 60) +
                   "...(4224 bytes): cannot import: invalid key: key longer than 4096 bytes"));
+  EXPECT_EQ(StoreState(), before);
+}
+
+TEST_P(Import, ReservedNameIsRefusedAndNothingIsImported) {
+  CreateStore();
+  std::string before = StoreState();
+  ASSERT_EQ(::mkdir(Path("src").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(Path("src/.keyfs").c_str(), 0755), 0);
+  WriteFile(Path("src/.keyfs/stats"), "x");
+  WriteFile(Path("src/fine"), "x");
+  EXPECT_EQ(Ctl({"import", "s", "src"}),
+            Fails("s: invalid argument: '.keyfs': .keyfs is reserved for the mount's control "
+                  "directory"));
   EXPECT_EQ(StoreState(), before);
 }
 
