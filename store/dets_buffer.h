@@ -247,6 +247,7 @@ class WriteBuffer {
   Arena arena_;
   ZeroedArray<Slot> slots_;  // open addressing, linear probing; size a power of two
   uint64_t nodes_ = 0;
+  const Record* root_ = nullptr;   // beside nodes_: empty() reads both on every lookup
   uint64_t inserts_ = 0;           // stamps probes
   HugeVector<const Node*> order_;  // every node, in insertion order
   std::vector<DirSlot> dir_slots_;
@@ -254,7 +255,6 @@ class WriteBuffer {
   std::vector<std::unique_ptr<Children>> children_;
   uint64_t child_refs_ = 0;
   Totals totals_;
-  const Record* root_ = nullptr;
   mutable std::mutex sort_mu_;  // the lazy sort of child lists; leaf lock
 };
 
