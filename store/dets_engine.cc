@@ -1106,8 +1106,8 @@ class DetsEngineImpl final : public Engine {
         root_rec = (*it)->root();
         if (root_rec != nullptr) root = TreeValue{root_rec->meta(), root_rec->version, {}};
       }
-      // The new file is dated by the newest commit it holds, so the root's date (and
-      // `info`'s last commit) stays what it was when the file is reopened.
+      // The new file is dated by the newest commit it holds, so `info`'s last commit stays
+      // what it was when the file is reopened.
       newest_ns = frozen_marks_.empty() ? old->sync_time_ns() : frozen_marks_.back().newest_ns;
       // With the active buffer empty and nothing frozen, the file holds every commit.
       upto = !frozen_marks_.empty() ? frozen_marks_.back().upto
