@@ -18,6 +18,8 @@
 
 #include "format.h"
 #include "keyfs/store/engine.h"
+#include "keyfs/store/env.h"
+#include "table_builder.h"
 #include "testutil.h"
 
 namespace keyfs {
@@ -326,6 +328,49 @@ TEST(FormatV1Snapshot, CommitOnAVersion1TableCountsItsDirectories) {
   auto root = (*e)->Get("");
   ASSERT_OK(root.status());
   EXPECT_EQ(root->meta.subdirs, 2u);
+  e->reset();
+  ASSERT_OK(VerifyStore(path));
+}
+
+// Keys under .keyfs are refused from now on, but a store that already holds some (written
+// before the name was reserved) opens, reads and verifies, and its keys there can be
+// overwritten, moved out and deleted; only new ones are refused.
+TEST(ReservedName, OldKeysStayUsable) {
+  test::TempDir dir;
+  const std::string path = dir.Join("STORE");
+  {
+    auto f = Env::Default()->NewExclusiveFile(path);
+    ASSERT_OK(f.status());
+    Meta root = Meta::Dir();
+    root.mtime_ns = root.ctime_ns = root.atime_ns = 5;
+    root.subdirs = 1;
+    TableBuilder b(f->get(), 1, 5, root, 0);
+    Meta d = Meta::Dir();
+    d.mtime_ns = d.ctime_ns = d.atime_ns = 5;
+    Meta m = Meta::File();
+    m.mtime_ns = m.ctime_ns = m.atime_ns = 5;
+    ASSERT_OK(b.Add(".keyfs", d, 1, ""));
+    ASSERT_OK(b.Add(".keyfs/a", m, 1, "old a"));
+    ASSERT_OK(b.Add(".keyfs/b", m, 1, "old b"));
+    ASSERT_OK(b.Finish());
+    ASSERT_OK((*f)->Sync());
+    ASSERT_OK((*f)->Close());
+  }
+  ASSERT_OK(VerifyStore(path));
+  OpenOptions o;
+  auto e = OpenStore(path, o);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  auto a = (*e)->Get(".keyfs/a");
+  ASSERT_OK(a.status());
+  EXPECT_EQ(a->value, "old a");
+  ASSERT_OK((*e)->Commit(Batch().Put(".keyfs/a", "new a")));
+  ASSERT_OK((*e)->Commit(Batch().Rename(".keyfs/b", "b")));
+  EXPECT_EQ((*e)->Commit(Batch().Put(".keyfs/c", "c")).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ((*e)->Commit(Batch().Rename("b", ".keyfs/b")).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ((*e)->Get(".keyfs/a")->value, "new a");
+  EXPECT_EQ((*e)->Get("b")->value, "old b");
+  ASSERT_OK((*e)->Commit(Batch().Delete(".keyfs/a").Delete(".keyfs")));
+  EXPECT_EQ((*e)->Get("")->meta.subdirs, 0u);
   e->reset();
   ASSERT_OK(VerifyStore(path));
 }
