@@ -86,7 +86,6 @@ Status DetsFile::Init(int fd, const std::string& path) {
   legacy_ = format_version_ == 1;
   header_size_ = legacy_ ? kDetsHeaderSizeV1 : kDetsHeaderSize;
   entry_fixed_ = legacy_ ? kDetsEntryFixedV1 : kDetsEntryFixed;
-  atime_off_ = legacy_ ? kEMtime : kEAtime;
   for (uint64_t z = 12; z < kDetsPrefixSize; ++z) {
     if (base_[z] != 0) return Corrupt("nonzero prefix padding", z);
   }
@@ -356,19 +355,27 @@ inline Status DetsFile::DecodeEntry(uint64_t off, const uint8_t* e, uint64_t siz
   const uint32_t mode = Load16(e + kEMode);
   if (!ValidType(type) || mode > 07777) return Corrupt("bad entry type or mode", off);
   out->hash = Load64(e + kEHash);
-  out->key = std::string_view(reinterpret_cast<const char*>(e + entry_fixed_), klen);
   out->meta.type = static_cast<EntryType>(type);
   out->meta.mode = mode;
   out->meta.uid = Load32(e + kEUid);
   out->meta.gid = Load32(e + kEGid);
   out->meta.mtime_ns = static_cast<int64_t>(Load64(e + kEMtime));
   out->meta.ctime_ns = static_cast<int64_t>(Load64(e + kECtime));
-  // v1 stores no atime (it reads as the mtime) and no child count (the engine counts).
-  out->meta.atime_ns = static_cast<int64_t>(Load64(e + atime_off_));
-  out->meta.subdirs = legacy_ ? 0 : Load32(e + kESubdirs);
   out->version = Load64(e + kEVersion);
-  out->value = std::string_view(reinterpret_cast<const char*>(e + entry_fixed_ + klen),
-                                size - entry_fixed_ - klen);
+  if (legacy_) [[unlikely]] {
+    // v1 stores no atime (it reads as the mtime) and no child count (the engine counts).
+    out->key = std::string_view(reinterpret_cast<const char*>(e + kEKeyV1), klen);
+    out->meta.atime_ns = out->meta.mtime_ns;
+    out->meta.subdirs = 0;
+    out->value = std::string_view(reinterpret_cast<const char*>(e + kEKeyV1 + klen),
+                                  size - kDetsEntryFixedV1 - klen);
+  } else {  // the layout's offsets as constants: this runs on every hit
+    out->key = std::string_view(reinterpret_cast<const char*>(e + kEKey), klen);
+    out->meta.atime_ns = static_cast<int64_t>(Load64(e + kEAtime));
+    out->meta.subdirs = Load32(e + kESubdirs);
+    out->value = std::string_view(reinterpret_cast<const char*>(e + kEKey + klen),
+                                  size - kDetsEntryFixed - klen);
+  }
   out->offset = off;
   out->size = size;
   return Status::OK();

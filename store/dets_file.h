@@ -189,7 +189,6 @@ class DetsFile {
   uint32_t format_version_ = 0;
   bool legacy_ = false;
   uint32_t header_size_ = 0, entry_fixed_ = 0;
-  uint32_t atime_off_ = 0;  // of an entry's atime: v1 has none, so it is the mtime's
   uint64_t header_off_ = 0;
   Meta root_;
   uint64_t root_version_ = 0;
