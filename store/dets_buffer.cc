@@ -155,6 +155,8 @@ const WriteBuffer::Record* WriteBuffer::NewRecord(bool live, const Meta& meta, u
   if (live) {
     r->mtime_ns = meta.mtime_ns;
     r->ctime_ns = meta.ctime_ns;
+    r->atime_ns = meta.atime_ns;
+    r->subdirs = meta.type == EntryType::kDir ? meta.subdirs : 0;
     r->mode = meta.mode;
     r->uid = meta.uid;
     r->gid = meta.gid;
@@ -168,6 +170,18 @@ const WriteBuffer::Record* WriteBuffer::NewRecord(bool live, const Meta& meta, u
 }
 
 void WriteBuffer::SetRecord(Node* node, const Record* r) { node->record = r; }
+
+void WriteBuffer::Rewrite(const Record* r, const Meta& meta, uint64_t version) {
+  Record* w = const_cast<Record*>(r);  // arena memory, written only by its batch's writer
+  w->version = version;
+  w->mtime_ns = meta.mtime_ns;
+  w->ctime_ns = meta.ctime_ns;
+  w->atime_ns = meta.atime_ns;
+  w->subdirs = meta.subdirs;
+  w->mode = meta.mode;
+  w->uid = meta.uid;
+  w->gid = meta.gid;
+}
 
 std::span<const WriteBuffer::Node* const> WriteBuffer::SortedChildren(std::string_view dir) const {
   Children* c = FindChildren(dir, format::HashKey(dir));

@@ -138,15 +138,15 @@ class WriteBuffer {
   // One state of a key, immutable once written; the value bytes follow it in the arena.
   struct Record {
     uint64_t version;
-    int64_t mtime_ns, ctime_ns;
+    int64_t mtime_ns, ctime_ns, atime_ns;
     uint64_t value_len;
-    uint32_t mode, uid, gid;
+    uint32_t mode, uid, gid, subdirs;
     EntryType type;
     bool tombstone;
 
     const char* value() const { return reinterpret_cast<const char*>(this + 1); }
     std::string_view value_view() const { return {value(), value_len}; }
-    Meta meta() const { return Meta{type, mode, uid, gid, mtime_ns, ctime_ns}; }
+    Meta meta() const { return Meta{type, mode, uid, gid, mtime_ns, ctime_ns, atime_ns, subdirs}; }
   };
   // One key of the layer. `record` is the key's latest state in this layer; nullptr means
   // the layer says nothing about the key (a rolled-back insert): look further down.
@@ -192,6 +192,13 @@ class WriteBuffer {
   // A record for `meta`/`value` (copied into the arena), or a tombstone if !live.
   const Record* NewRecord(bool live, const Meta& meta, uint64_t version, std::string_view value);
   void SetRecord(Node* node, const Record* r);
+  // The root directory's metadata as this layer last set it (a live record), or nullptr.
+  const Record* root() const { return root_; }
+  void SetRoot(const Record* r) { root_ = r; }
+  // Overwrites `r`, a live directory record made by NewRecord for the batch being applied
+  // (which no reader has seen), with `meta` and `version`: a directory touched by every
+  // put of a batch then costs one record, not one per put.
+  static void Rewrite(const Record* r, const Meta& meta, uint64_t version);
 
   // The nodes of the immediate children of `dir` ("" = root) in this layer, in key order
   // (sorted here on first use after a change). Nodes whose record is nullptr are included:
@@ -207,7 +214,8 @@ class WriteBuffer {
     }
   }
 
-  bool empty() const { return nodes_ == 0; }
+  // Nothing buffered: no key and no change of the root.
+  bool empty() const { return nodes_ == 0 && root_ == nullptr; }
   uint64_t nodes() const { return nodes_; }
   // Memory held: arena, hash index and child lists.
   uint64_t bytes() const;
@@ -239,6 +247,7 @@ class WriteBuffer {
   Arena arena_;
   ZeroedArray<Slot> slots_;  // open addressing, linear probing; size a power of two
   uint64_t nodes_ = 0;
+  const Record* root_ = nullptr;   // beside nodes_: empty() reads both on every lookup
   uint64_t inserts_ = 0;           // stamps probes
   HugeVector<const Node*> order_;  // every node, in insertion order
   std::vector<DirSlot> dir_slots_;

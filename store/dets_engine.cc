@@ -160,6 +160,20 @@ struct Layers {
     return nullptr;
   }
 
+  // The root directory: as the newest buffer that changed it says, else as the file does.
+  Status Root(TreeValue* out) const {
+    const BufRecord* r = active->root();
+    for (auto it = frozen->rbegin(); r == nullptr && it != frozen->rend(); ++it) r = (*it)->root();
+    if (r != nullptr) {
+      *out = TreeValue{r->meta(), r->version, {}};
+      return Status::OK();
+    }
+    auto m = file->RootMeta();
+    if (!m.ok()) return m.status();
+    *out = TreeValue{*m, file->root_version(), {}};
+    return Status::OK();
+  }
+
   // The merged entry at `key` (not the root). NotFound if absent.
   Status Lookup(std::string_view key, TreeValue* out) const {
     const uint64_t h = format::HashKey(key);
@@ -210,10 +224,7 @@ class BufferTree final : public MutableTree {
   }
 
   Status Lookup(std::string_view key, TreeValue* out) const override {
-    if (key.empty()) {
-      *out = TreeValue{Meta::Dir(), 0, {}};
-      return Status::OK();
-    }
+    if (key.empty()) return layers_.Root(out);
     // ApplyMutation looks a key up and then usually sets it: remember what was found where,
     // so Set needs neither a second probe of the buffer nor a second look below it.
     const uint64_t h = Hash(key);
@@ -297,6 +308,18 @@ class BufferTree final : public MutableTree {
   }
 
   void Set(std::string_view key, std::optional<TreeValue> v) override {
+    if (key.empty()) {  // the root: never deleted
+      if (!v) return;
+      const BufRecord* cur = active_->root();
+      if (cur != nullptr && cur->version == v->version) {
+        WriteBuffer::Rewrite(cur, v->meta, v->version);  // made by this batch
+      } else {
+        undo_.emplace_back(nullptr, cur);
+        active_->SetRoot(active_->NewRecord(true, v->meta, v->version, {}));
+      }
+      if (collect_changed_) changed_.emplace_back();
+      return;
+    }
     const uint64_t h = Hash(key);
     const bool cached = last_.valid && last_.hash == h && last_.key == key;
     Node* node = active_->AddAt(cached ? last_.probe : active_->ProbeKey(key, h), key, h);
@@ -324,18 +347,32 @@ class BufferTree final : public MutableTree {
       }
     }
     last_.valid = false;
-    const BufRecord* rec = v ? active_->NewRecord(true, v->meta, v->version, v->value)
-                             : active_->NewRecord(false, Meta(), 0, {});
-    undo_.emplace_back(node, node->record);
-    active_->SetRecord(node, rec);
+    const BufRecord* old = node->record;
+    if (v && v->meta.type == EntryType::kDir && old != nullptr && !old->tombstone &&
+        old->type == EntryType::kDir && old->version == v->version) {
+      // A directory this batch already wrote (a commit's version is new to the buffer,
+      // and a rolled-back batch's records are unreachable): every put into it touches it,
+      // so rewrite its record rather than add one per put.
+      WriteBuffer::Rewrite(old, v->meta, v->version);
+    } else {
+      const BufRecord* rec = v ? active_->NewRecord(true, v->meta, v->version, v->value)
+                               : active_->NewRecord(false, Meta(), 0, {});
+      undo_.emplace_back(node, old);
+      active_->SetRecord(node, rec);
+    }
     if (was_live) Count(was_type, was_size, -1);
     if (v) Count(v->meta.type, v->value.size(), +1);
     if (collect_changed_) changed_.emplace_back(key);
   }
 
   void Rollback() {
-    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it)
-      active_->SetRecord(it->first, it->second);
+    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) {
+      if (it->first == nullptr) {
+        active_->SetRoot(it->second);
+      } else {
+        active_->SetRecord(it->first, it->second);
+      }
+    }
     undo_.clear();
     delta_ = WriteBuffer::Totals();
     changed_.clear();
@@ -421,7 +458,7 @@ class BufferTree final : public MutableTree {
   WriteBuffer* active_;
   const Layers& layers_;
   const bool collect_changed_;
-  std::vector<std::pair<Node*, const BufRecord*>> undo_;
+  std::vector<std::pair<Node*, const BufRecord*>> undo_;  // node nullptr: the root
   WriteBuffer::Totals delta_;
   // The last Lookup (see there).
   struct LastLookup {
@@ -473,6 +510,7 @@ class DetsEngineImpl final : public Engine {
     last_commit_ns_ = file_->sync_time_ns();
     if (!read_only_) {
       RemoveStaleTemps();
+      KEYFS_RETURN_IF_ERROR(UpgradeIfOld());
       syncer_ = std::thread([this] {
         pthread_setname_np(pthread_self(), "dets-sync");
         SyncerLoop();
@@ -500,11 +538,11 @@ class DetsEngineImpl final : public Engine {
   // NotDirectory from NotFound.
   StatusOr<keyfs::Record> Find(std::string_view key, bool why_missing) const {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
-    if (key.empty()) {  // the root: implicit, dated by the newest commit
+    if (key.empty()) {  // the root: its metadata is in the file's header or a buffer
       std::shared_lock<std::shared_mutex> l(mu_);
-      Meta m = Meta::Dir();
-      m.mtime_ns = m.ctime_ns = last_commit_ns_;
-      return keyfs::Record{m, 0, {}, nullptr};
+      TreeValue v;
+      KEYFS_RETURN_IF_ERROR(LayersLocked().Root(&v));
+      return keyfs::Record{v.meta, v.version, {}, nullptr};
     }
     const uint64_t h = format::HashKey(key);
     DetsFileRef file;
@@ -534,7 +572,11 @@ class DetsEngineImpl final : public Engine {
     DetsEntry e;
     Status s = file->FindInTable(key, h, &e);
     tl_lookup_stats.Count(s.ok());
-    if (s.ok()) return keyfs::Record{e.meta, e.version, e.value, std::move(file)};
+    if (s.ok()) {
+      if (file->legacy()) [[unlikely]]
+        KEYFS_RETURN_IF_ERROR(FillLegacy(*file, &e.meta, key));
+      return keyfs::Record{e.meta, e.version, e.value, std::move(file)};
+    }
     if (!s.IsNotFound()) return s;
     if (!why_missing || key.find('/') == std::string_view::npos) return s;
     std::shared_lock<std::shared_mutex> l(mu_);
@@ -635,6 +677,7 @@ class DetsEngineImpl final : public Engine {
                                     "' but the hash table does not find it");
         }
         KEYFS_RETURN_IF_ERROR(s);
+        if (layers.file->legacy()) KEYFS_RETURN_IF_ERROR(FillLegacy(*layers.file, &e.meta, key));
         d.meta = e.meta;
         d.size = e.value.size();
         d.version = e.version;
@@ -739,7 +782,6 @@ class DetsEngineImpl final : public Engine {
   EngineStats Stats() const override {
     EngineStats s;
     s.engine = "dets";
-    s.format_version = format::kDetsVersion;
     DetsFileRef file;
     WriteBuffer::Totals t;
     uint64_t buffered = 0, buffered_bytes = 0, frozen_layers = 0;
@@ -759,6 +801,7 @@ class DetsEngineImpl final : public Engine {
       for (const BufferRef& f : frozen_) add(*f);
       frozen_layers = frozen_.size();
     }
+    s.format_version = file->format_version();
     s.entries = static_cast<uint64_t>(static_cast<int64_t>(file->entry_count()) + t.entries);
     s.files = static_cast<uint64_t>(static_cast<int64_t>(file->files()) + t.files);
     s.dirs = static_cast<uint64_t>(static_cast<int64_t>(file->dirs()) + t.dirs);
@@ -829,6 +872,56 @@ class DetsEngineImpl final : public Engine {
   }
 
  private:
+  // A version-1 file stores no child directory counts: a directory's is counted.
+  static Status FillLegacy(const DetsFile& file, Meta* meta, std::string_view key) {
+    if (meta->type != EntryType::kDir) return Status::OK();
+    auto n = file.CountChildDirs(key);
+    if (!n.ok()) return n.status();
+    meta->subdirs = *n;
+    return Status::OK();
+  }
+
+  // A version-1 file opened read-write is rewritten as version 2 before anything else
+  // (every entry converted, every directory's child count computed), through the sync's
+  // publish path: temp file, fdatasync, rename, directory fsync. Its commit time, and the
+  // root's metadata a v1 reader implies, are kept.
+  Status UpgradeIfOld() {
+    if (!file_->legacy()) return Status::OK();
+    const std::string tmp =
+        path_ + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++temp_counter_);
+    auto file = env_->NewExclusiveFile(tmp);
+    if (!file.ok()) return file.status();
+    WritableFile* f = file->get();
+    MergeInput in;
+    in.old_file = file_.get();
+    in.generation = file_->generation() + 1;
+    in.sync_time_ns = file_->sync_time_ns();
+    in.last_version = file_->last_version();
+    auto root = file_->RootMeta();
+    Status s = root.status();
+    if (s.ok()) {
+      in.root = *root;
+      in.root_version = file_->root_version();
+      s = WriteMergedFile(in, f, nullptr);
+    }
+    if (s.ok()) s = f->Sync();
+    if (s.ok()) s = env_->Rename(tmp, path_);
+    if (!s.ok()) {
+      (void)f->Close();
+      (void)env_->RemoveFile(tmp);
+      return s.WithContext("upgrade " + path_ + " to format version 2");
+    }
+    int fd = ::dup(f->fd());
+    Status sync_dir = env_->SyncDir(dir_);
+    (void)f->Close();
+    if (fd < 0) return Status::FromErrno(errno, "dup");
+    auto opened = DetsFile::OpenFd(fd, path_);
+    if (!opened.ok()) return opened.status();
+    file_ = *opened;
+    syncs_.fetch_add(1, std::memory_order_relaxed);
+    return sync_dir;
+  }
+
   // REQUIRES: mu_ held (shared or exclusive).
   Layers LayersLocked() const { return Layers{active_.get(), &frozen_, file_.get()}; }
 
@@ -987,6 +1080,8 @@ class DetsEngineImpl final : public Engine {
     // FREEZING.
     std::vector<BufferRef> layers;
     DetsFileRef old;
+    const BufRecord* root_rec = nullptr;  // lives in a frozen buffer held by `layers`
+    TreeValue root;
     uint64_t upto;  // every commit up to this count is in `layers` or `old`
     int64_t newest_ns;
     {
@@ -1006,8 +1101,13 @@ class DetsEngineImpl final : public Engine {
       }
       layers = frozen_;
       old = file_;
-      // The new file is dated by the newest commit it holds, so the root's date (and
-      // `info`'s last commit) stays what it was when the file is reopened.
+      // The root as the newest frozen buffer that changed it says, else as the old file.
+      for (auto it = frozen_.rbegin(); it != frozen_.rend() && root_rec == nullptr; ++it) {
+        root_rec = (*it)->root();
+        if (root_rec != nullptr) root = TreeValue{root_rec->meta(), root_rec->version, {}};
+      }
+      // The new file is dated by the newest commit it holds, so `info`'s last commit stays
+      // what it was when the file is reopened.
       newest_ns = frozen_marks_.empty() ? old->sync_time_ns() : frozen_marks_.back().newest_ns;
       // With the active buffer empty and nothing frozen, the file holds every commit.
       upto = !frozen_marks_.empty() ? frozen_marks_.back().upto
@@ -1036,6 +1136,17 @@ class DetsEngineImpl final : public Engine {
     in.generation = old->generation() + 1;
     in.sync_time_ns = newest_ns;
     in.last_version = version_.load(std::memory_order_relaxed);
+    if (root_rec == nullptr) {
+      auto m = old->RootMeta();
+      if (!m.ok()) {
+        (void)f->Close();
+        (void)env_->RemoveFile(tmp);
+        return m.status();
+      }
+      root = TreeValue{*m, old->root_version(), {}};
+    }
+    in.root = root.meta;
+    in.root_version = root.version;
     MergeStats stats;
     Status s;
     try {
@@ -1119,6 +1230,10 @@ class DetsEngineImpl final : public Engine {
     ev.old_generation = a.generation();
     ev.new_generation = b.generation();
     ev.external = true;
+    auto ra = a.RootMeta(), rb = b.RootMeta();
+    if (!ra.ok() || !rb.ok() || *ra != *rb || a.root_version() != b.root_version()) {
+      ev.changed.emplace_back();  // the root ("" sorts first)
+    }
     DetsFile::KeyCursor x(&a), y(&b);
     if (!x.SeekToFirst().ok() || !y.SeekToFirst().ok()) return;
     while (x.Valid() || y.Valid()) {
@@ -1231,7 +1346,7 @@ Status VerifyDetsStore(const std::string& path, std::vector<std::string>* report
   auto f = DetsFile::Open(path);
   if (!f.ok()) return f.status();
   if (report) {
-    report->push_back("engine: dets, format version " + std::to_string(format::kDetsVersion) +
+    report->push_back("engine: dets, format version " + std::to_string((*f)->format_version()) +
                       ", generation " + std::to_string((*f)->generation()));
     report->push_back("header: ok, " + std::to_string((*f)->file_size()) + " bytes");
   }

@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <unordered_map>
 
 #include "format.h"
 
@@ -66,7 +68,7 @@ Status DetsFile::Init(int fd, const std::string& path) {
   ino_ = st.st_ino;
   mtime_ns_ = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
   size_ = static_cast<uint64_t>(st.st_size);
-  const uint64_t min_size = kDetsPrefixSize + kDetsHeaderSize + kDetsFooterSize;
+  const uint64_t min_size = kDetsPrefixSize + kDetsHeaderSizeV1 + kDetsFooterSize;
   if (size_ < min_size) {
     return Status::Corruption(path + ": file too short for a dets store (" + std::to_string(size_) +
                               " bytes)");
@@ -76,29 +78,48 @@ Status DetsFile::Init(int fd, const std::string& path) {
   base_ = static_cast<const uint8_t*>(p);
 
   if (std::memcmp(base_, kDetsMagic, 8) != 0) return Corrupt("bad magic", 0);
-  if (Load32(base_ + 8) != kDetsVersion) {
+  format_version_ = Load32(base_ + 8);
+  if (format_version_ < 1 || format_version_ > kDetsVersion) {
     return Status::Corruption(path + ": unsupported dets format version " +
-                              std::to_string(Load32(base_ + 8)));
+                              std::to_string(format_version_));
   }
+  legacy_ = format_version_ == 1;
+  header_size_ = legacy_ ? kDetsHeaderSizeV1 : kDetsHeaderSize;
+  entry_fixed_ = legacy_ ? kDetsEntryFixedV1 : kDetsEntryFixed;
   for (uint64_t z = 12; z < kDetsPrefixSize; ++z) {
     if (base_[z] != 0) return Corrupt("nonzero prefix padding", z);
   }
   const uint64_t header_off = Load64(base_ + size_ - kDetsFooterSize);
-  if (header_off != size_ - kDetsFooterSize - kDetsHeaderSize) {
+  if (size_ < kDetsPrefixSize + header_size_ + kDetsFooterSize ||
+      header_off != size_ - kDetsFooterSize - header_size_) {
     return Status::Corruption(path + ": footer names header offset " + std::to_string(header_off) +
                               " but the file is " + std::to_string(size_) +
                               " bytes (truncated, extended or damaged)");
   }
+  header_off_ = header_off;
   const uint8_t* h = base_ + header_off;
   if (std::memcmp(h + kDHMagic, kDetsMagic, 8) != 0) return Corrupt("bad header magic", header_off);
-  if (Load32(h + kDHVersion) != kDetsVersion) {
+  if (Load32(h + kDHVersion) != format_version_) {
     return Corrupt("header version differs from the prefix", header_off + kDHVersion);
   }
-  if (Load32(h + kDHHeaderSize) != kDetsHeaderSize) {
+  if (Load32(h + kDHHeaderSize) != header_size_) {
     return Corrupt("bad header size", header_off + kDHHeaderSize);
   }
-  if (Hash(h, kDHChecksum) != Load64(h + kDHChecksum)) {
-    return Corrupt("header checksum mismatch", header_off + kDHChecksum);
+  // The header's last 8 bytes are the checksum of the bytes before them.
+  const uint32_t sum_off = header_size_ - 8;
+  if (Hash(h, sum_off) != Load64(h + sum_off)) {
+    return Corrupt("header checksum mismatch", header_off + sum_off);
+  }
+  if (!legacy_) {
+    root_ = Meta::Dir(Load32(h + kDHRootMode));
+    if (root_.mode > 07777) return Corrupt("bad root directory mode", header_off + kDHRootMode);
+    root_.uid = Load32(h + kDHRootUid);
+    root_.gid = Load32(h + kDHRootGid);
+    root_.subdirs = Load32(h + kDHRootSubdirs);
+    root_.mtime_ns = static_cast<int64_t>(Load64(h + kDHRootMtime));
+    root_.ctime_ns = static_cast<int64_t>(Load64(h + kDHRootCtime));
+    root_.atime_ns = static_cast<int64_t>(Load64(h + kDHRootAtime));
+    root_version_ = Load64(h + kDHRootVersion);
   }
   if (Load64(h + kDHFileSize) != size_) {
     return Status::Corruption(path + ": file is " + std::to_string(size_) + " bytes, header says " +
@@ -148,7 +169,7 @@ Status DetsFile::Init(int fd, const std::string& path) {
       }
       b.bloom_off = b.sums_off = b.end = b.entries_off;
     } else {
-      if ((b.entries_end - b.entries_off) / (kDetsEntryOverhead + 1) < b.count) {
+      if ((b.entries_end - b.entries_off) / (entry_fixed_ + 1) < b.count) {
         return Corrupt(what + ": entry count does not fit its entries", doff);
       }
       if (b.index_off != Align64(b.entries_end) || b.slot_bits != DetsSlotBits(b.count) ||
@@ -320,7 +341,7 @@ inline Status DetsFile::CheckEntryHeader(const DetsBucket& b, uint64_t off, cons
   *size = Load64(e + kESize);
   const uint64_t klen = Load16(e + kEKeyLen);
   if (*size > b.entries_end - off || klen == 0 || klen > kMaxKeyLength ||
-      *size < kDetsEntryOverhead + klen) {
+      *size < entry_fixed_ + klen) {
     return Corrupt("bad entry size", off);
   }
   return Status::OK();
@@ -334,7 +355,6 @@ inline Status DetsFile::DecodeEntry(uint64_t off, const uint8_t* e, uint64_t siz
   const uint32_t mode = Load16(e + kEMode);
   if (!ValidType(type) || mode > 07777) return Corrupt("bad entry type or mode", off);
   out->hash = Load64(e + kEHash);
-  out->key = std::string_view(reinterpret_cast<const char*>(e + kEKey), klen);
   out->meta.type = static_cast<EntryType>(type);
   out->meta.mode = mode;
   out->meta.uid = Load32(e + kEUid);
@@ -342,18 +362,30 @@ inline Status DetsFile::DecodeEntry(uint64_t off, const uint8_t* e, uint64_t siz
   out->meta.mtime_ns = static_cast<int64_t>(Load64(e + kEMtime));
   out->meta.ctime_ns = static_cast<int64_t>(Load64(e + kECtime));
   out->version = Load64(e + kEVersion);
-  out->value = std::string_view(reinterpret_cast<const char*>(e + kEKey + klen),
-                                size - kDetsEntryOverhead - klen);
+  if (legacy_) [[unlikely]] {
+    // v1 stores no atime (it reads as the mtime) and no child count (the engine counts).
+    out->key = std::string_view(reinterpret_cast<const char*>(e + kEKeyV1), klen);
+    out->meta.atime_ns = out->meta.mtime_ns;
+    out->meta.subdirs = 0;
+    out->value = std::string_view(reinterpret_cast<const char*>(e + kEKeyV1 + klen),
+                                  size - kDetsEntryFixedV1 - klen);
+  } else {  // the layout's offsets as constants: this runs on every hit
+    out->key = std::string_view(reinterpret_cast<const char*>(e + kEKey), klen);
+    out->meta.atime_ns = static_cast<int64_t>(Load64(e + kEAtime));
+    out->meta.subdirs = Load32(e + kESubdirs);
+    out->value = std::string_view(reinterpret_cast<const char*>(e + kEKey + klen),
+                                  size - kDetsEntryFixed - klen);
+  }
   out->offset = off;
   out->size = size;
   return Status::OK();
 }
 
 Status DetsFile::ReadEntry(const DetsBucket& b, uint64_t off, DetsEntry* out) const {
-  if (off < b.entries_off || !FitsIn(off, kDetsEntryOverhead + 1, b.entries_end)) {
+  if (off < b.entries_off || !FitsIn(off, entry_fixed_ + 1, b.entries_end)) {
     return Corrupt("entry offset out of range", off);
   }
-  KEYFS_RETURN_IF_ERROR(CheckRange(b, off, kDetsEntryFixed));
+  KEYFS_RETURN_IF_ERROR(CheckRange(b, off, entry_fixed_));
   const uint8_t* e = base_ + off;
   uint64_t size;
   KEYFS_RETURN_IF_ERROR(CheckEntryHeader(b, off, e, &size));
@@ -416,10 +448,10 @@ Status DetsFile::FindCopy(std::string_view key, uint64_t h, DetsEntry* out,
     if (Load64(sp) == h) {
       if (pos > b.entries_end - b.entries_off) return Corrupt("hash slot out of range", soff);
       const uint64_t off = b.entries_off + pos - 1;
-      if (!FitsIn(off, kDetsEntryOverhead + 1, b.entries_end)) {
+      if (!FitsIn(off, entry_fixed_ + 1, b.entries_end)) {
         return Corrupt("entry offset out of range", off);
       }
-      KEYFS_RETURN_IF_ERROR(ReadChecked(b, off, kDetsEntryFixed, &buf));
+      KEYFS_RETURN_IF_ERROR(ReadChecked(b, off, entry_fixed_, &buf));
       uint64_t size;
       KEYFS_RETURN_IF_ERROR(
           CheckEntryHeader(b, off, reinterpret_cast<const uint8_t*>(buf.data()), &size));
@@ -642,6 +674,9 @@ Status DetsFile::VerifyKeyIndex(std::vector<std::string>* report) const {
   KeyCursor c(this);
   std::string prev;
   uint64_t n = 0;
+  // v2: every directory's stored count of child directories, and the count of the entries.
+  std::vector<std::pair<std::string, uint64_t>> dirs;  // (key, entry offset)
+  std::unordered_map<std::string, uint32_t> child_dirs;
   for (uint64_t i = 0; i < key_blocks_.size(); ++i) {
     KEYFS_RETURN_IF_ERROR(c.LoadBlock(i));
     for (uint32_t item = 0; item < key_blocks_[i].items; ++item) {
@@ -663,6 +698,12 @@ Status DetsFile::VerifyKeyIndex(std::vector<std::string>* report) const {
                        key_blocks_[i].offset);
       }
       KEYFS_RETURN_IF_ERROR(fs);
+      if (e.meta.type == EntryType::kDir) {
+        dirs.emplace_back(key, e.offset);
+        ++child_dirs[std::string(ParentKey(key))];
+      } else if (e.meta.subdirs != 0) {
+        return Corrupt("child directory count on a file or symlink", e.offset);
+      }
       // Siblings like "a-b" sort between "a" and "a/b": look the parent up.
       const std::string_view parent = ParentKey(key);
       if (!parent.empty()) {
@@ -679,7 +720,74 @@ Status DetsFile::VerifyKeyIndex(std::vector<std::string>* report) const {
     if (c.p_ != c.end_) return Corrupt("key index block has trailing bytes", key_blocks_[i].offset);
   }
   if (n != entry_count_) return Corrupt("key index count mismatch", key_index_off_);
+  if (!legacy_) {
+    for (const auto& [key, off] : dirs) {
+      DetsEntry e;
+      KEYFS_RETURN_IF_ERROR(Find(key, HashKey(key), &e));
+      auto it = child_dirs.find(key);
+      const uint32_t counted = it == child_dirs.end() ? 0 : it->second;
+      if (e.meta.subdirs != counted) {
+        return Corrupt("directory '" + key + "' says " + std::to_string(e.meta.subdirs) +
+                           " child directories, has " + std::to_string(counted),
+                       off + kESubdirs);
+      }
+    }
+    const uint32_t root_counted = child_dirs.count("") ? child_dirs[""] : 0;
+    if (root_.subdirs != root_counted) {
+      return Corrupt("root directory says " + std::to_string(root_.subdirs) +
+                         " child directories, has " + std::to_string(root_counted),
+                     header_off_ + kDHRootSubdirs);
+    }
+    if (root_version_ > last_version_) {
+      return Corrupt("root newer than the header's last version", header_off_ + kDHRootVersion);
+    }
+    if (report) {
+      report->push_back("directories: " + std::to_string(dirs.size()) +
+                        " and the root, child counts match");
+    }
+  }
   return Status::OK();
+}
+
+StatusOr<uint32_t> DetsFile::CountChildDirs(std::string_view dir) const {
+  std::string prefix(dir);
+  if (!prefix.empty()) prefix += '/';
+  KeyCursor c(this);
+  KEYFS_RETURN_IF_ERROR(c.Seek(prefix));
+  uint32_t n = 0;
+  while (c.Valid() && c.key().size() > prefix.size() &&
+         c.key().compare(0, prefix.size(), prefix) == 0) {
+    const std::string_view rest = c.key().substr(prefix.size());
+    const size_t slash = rest.find('/');
+    if (slash != std::string_view::npos) {
+      // Below a child directory: jump past its subtree.
+      std::string skip = prefix;
+      skip.append(rest.substr(0, slash));
+      skip += '0';  // the byte after '/'
+      KEYFS_RETURN_IF_ERROR(c.Seek(skip));
+      continue;
+    }
+    DetsEntry e;
+    Status s = Find(c.key(), HashKey(c.key()), &e);
+    if (s.IsNotFound()) {
+      return Corrupt("key index lists a missing key '" + std::string(c.key()) + "'",
+                     key_index_off_);
+    }
+    KEYFS_RETURN_IF_ERROR(s);
+    n += e.meta.type == EntryType::kDir;
+    KEYFS_RETURN_IF_ERROR(c.Next());
+  }
+  return n;
+}
+
+StatusOr<Meta> DetsFile::RootMeta() const {
+  if (!legacy_) return root_;
+  Meta m = Meta::Dir(0755);
+  m.mtime_ns = m.ctime_ns = m.atime_ns = sync_time_ns_;
+  auto n = CountChildDirs("");
+  if (!n.ok()) return n.status();
+  m.subdirs = *n;
+  return m;
 }
 
 Status DetsFile::VerifyAll(std::vector<std::string>* report) const {
@@ -696,7 +804,7 @@ Status DetsFile::VerifyAll(std::vector<std::string>* report) const {
       max_bits = std::max(max_bits, buckets_[t].slot_bits);
     }
   }
-  const uint64_t header_off = size_ - kDetsFooterSize - kDetsHeaderSize;
+  const uint64_t header_off = header_off_;
   if (counts[0] != files_ || counts[1] != dirs_ || counts[2] != symlinks_) {
     return Corrupt("entry counts by type do not match the header", header_off + kDHFiles);
   }
@@ -720,6 +828,13 @@ Status DetsFile::VerifyAll(std::vector<std::string>* report) const {
   KEYFS_RETURN_IF_ERROR(VerifyKeyIndex(report));
   note("key index: " + std::to_string(key_blocks_.size()) + " blocks, " +
        std::to_string(entry_count_) + " keys sorted, tree intact");
+  auto root = RootMeta();
+  if (!root.ok()) return root.status();
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", root->mode);
+  note(std::string("root: mode ") + mode + ", owner " + std::to_string(root->uid) + ":" +
+       std::to_string(root->gid) + ", " + std::to_string(root->subdirs) + " child directories" +
+       (legacy_ ? " (version 1: implied)" : ""));
   return Status::OK();
 }
 

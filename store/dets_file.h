@@ -124,6 +124,19 @@ class DetsFile {
   // The checked bytes of key index block `i` (points into the mapping).
   Status BlockBytes(uint64_t i, const uint8_t** data) const;
 
+  // The root directory's metadata (v2: stored in the header; v1: mode 0755, owner 0:0,
+  // every time the commit time, child directories counted) and version.
+  StatusOr<Meta> RootMeta() const;
+  uint64_t root_version() const { return root_version_; }
+  // The number of child directories of `dir` ("" = root), counted through the key index
+  // and the hash tables: O(children). For version-1 files, which store no counts.
+  StatusOr<uint32_t> CountChildDirs(std::string_view dir) const;
+  // A version-1 file: no atimes, no child directory counts, no root metadata stored.
+  bool legacy() const { return legacy_; }
+  uint32_t format_version() const { return format_version_; }
+  // Bytes of an entry before its key: 56 (v1) or 68.
+  uint32_t entry_fixed() const { return entry_fixed_; }
+
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }
   dev_t dev() const { return dev_; }
@@ -173,6 +186,12 @@ class DetsFile {
   uint64_t size_ = 0;
   dev_t dev_ = 0;
   ino_t ino_ = 0;
+  uint32_t format_version_ = 0;
+  bool legacy_ = false;
+  uint32_t header_size_ = 0, entry_fixed_ = 0;
+  uint64_t header_off_ = 0;
+  Meta root_;
+  uint64_t root_version_ = 0;
   uint64_t generation_ = 0;
   int64_t sync_time_ns_ = 0;
   int64_t mtime_ns_ = 0;

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 
 #include "format.h"
 
@@ -423,6 +424,23 @@ class RegionReader {
   uint64_t w0_ = 0, w1_ = 0;  // the window holds chunks [w0_, w1_)
 };
 
+void FillEntryHeader(uint8_t* e, uint64_t hash, uint64_t size, const Meta& m, uint64_t version,
+                     uint16_t key_len) {
+  std::memset(e, 0, kDetsEntryFixed);
+  Store64(e + kEHash, hash);
+  Store64(e + kESize, size);
+  Store64(e + kEVersion, version);
+  Store64(e + kEMtime, static_cast<uint64_t>(m.mtime_ns));
+  Store64(e + kECtime, static_cast<uint64_t>(m.ctime_ns));
+  Store32(e + kEUid, m.uid);
+  Store32(e + kEGid, m.gid);
+  Store16(e + kEMode, static_cast<uint16_t>(m.mode & 07777));
+  e[kEType] = static_cast<uint8_t>(m.type);
+  Store16(e + kEKeyLen, key_len);
+  Store64(e + kEAtime, static_cast<uint64_t>(m.atime_ns));
+  Store32(e + kESubdirs, m.type == EntryType::kDir ? m.subdirs : 0);
+}
+
 void FillEntryHeader(uint8_t* e, uint64_t hash, uint64_t size, const WriteBuffer::Record& r,
                      uint16_t key_len) {
   std::memset(e, 0, kDetsEntryFixed);
@@ -436,6 +454,8 @@ void FillEntryHeader(uint8_t* e, uint64_t hash, uint64_t size, const WriteBuffer
   Store16(e + kEMode, static_cast<uint16_t>(r.mode & 07777));
   e[kEType] = static_cast<uint8_t>(r.type);
   Store16(e + kEKeyLen, key_len);
+  Store64(e + kEAtime, static_cast<uint64_t>(r.atime_ns));
+  Store32(e + kESubdirs, r.type == EntryType::kDir ? r.subdirs : 0);
 }
 
 // Accumulates the key index: blocks of front-coded keys and their directory.
@@ -507,6 +527,13 @@ class Merger {
   }
 
   Status Run(MergeStats* stats) {
+    if (in_.old_file != nullptr && in_.old_file->legacy()) {
+      if (!in_.layers.empty()) {
+        return Status::InvalidArgument("a version-1 file is upgraded before it is merged");
+      }
+      KEYFS_RETURN_IF_ERROR(CountLegacyDirs());
+    }
+    old_fixed_ = in_.old_file != nullptr ? in_.old_file->entry_fixed() : kDetsEntryFixed;
     KEYFS_RETURN_IF_ERROR(CollectChanges());
     uint8_t prefix[kDetsPrefixSize] = {};
     std::memcpy(prefix, kDetsMagic, 8);
@@ -542,6 +569,57 @@ class Merger {
   }
 
  private:
+  // Every directory's child directory count, for a version-1 old file that stores none:
+  // each key's type through the hash tables, in key index order.
+  Status CountLegacyDirs() {
+    const DetsFile& f = *in_.old_file;
+    DetsFile::KeyCursor c(&f);
+    KEYFS_RETURN_IF_ERROR(c.SeekToFirst());
+    while (c.Valid()) {
+      DetsEntry e;
+      Status s = f.Find(c.key(), HashKey(c.key()), &e);
+      if (s.IsNotFound()) {
+        return Corrupt("key index lists a missing key '" + std::string(c.key()) + "'",
+                       f.key_blocks().empty() ? 0 : f.key_blocks()[0].offset);
+      }
+      KEYFS_RETURN_IF_ERROR(s);
+      if (e.meta.type == EntryType::kDir) ++legacy_subdirs_[std::string(ParentKey(c.key()))];
+      KEYFS_RETURN_IF_ERROR(c.Next());
+    }
+    return Status::OK();
+  }
+
+  // Writes the version-1 entry at `off` (size `size`, checked by PeekOld) as a version-2 one.
+  Status ConvertOldEntry(uint64_t off, uint64_t size) {
+    const uint8_t* e;
+    KEYFS_RETURN_IF_ERROR(reader_->Get(off, old_fixed_, &e));
+    const uint64_t klen = Load16(e + kEKeyLen);
+    const uint64_t rest = size - old_fixed_;  // key and value
+    Meta m;
+    m.type = static_cast<EntryType>(e[kEType]);
+    m.mode = Load16(e + kEMode);
+    m.uid = Load32(e + kEUid);
+    m.gid = Load32(e + kEGid);
+    m.mtime_ns = static_cast<int64_t>(Load64(e + kEMtime));
+    m.ctime_ns = static_cast<int64_t>(Load64(e + kECtime));
+    m.atime_ns = m.mtime_ns;
+    if (m.mode > 07777) return Corrupt("bad entry mode", off);
+    if (m.type == EntryType::kDir) {
+      auto it = legacy_subdirs_.find(old_key_);
+      m.subdirs = it == legacy_subdirs_.end() ? 0 : it->second;
+    }
+    const uint64_t version = Load64(e + kEVersion);
+    uint8_t head[kDetsEntryFixed];
+    FillEntryHeader(head, old_hash_, kDetsEntryFixed + rest, m, version,
+                    static_cast<uint16_t>(klen));
+    pairs_.push_back({old_hash_, out_.pos()});
+    out_.Put(head, sizeof(head));
+    KEYFS_RETURN_IF_ERROR(reader_->Stream(off + old_fixed_, rest,
+                                          [&](const uint8_t* p, size_t n) { out_.Put(p, n); }));
+    ++copied_;  // the same entry re-encoded: the totals do not change
+    return out_.status();
+  }
+
   // The newest record of every buffered key, sorted by (hash, key) here and by key on a
   // helper thread meanwhile (the merge has the file's two orders to produce).
   Status CollectChanges() {
@@ -611,6 +689,7 @@ class Merger {
 
   // Copies the old entry at `off` (size `size`); its chunks are verified as they are read.
   Status CopyOldEntry(uint64_t off, uint64_t size) {
+    if (in_.old_file->legacy()) return ConvertOldEntry(off, size);
     pairs_.push_back({old_hash_, out_.pos()});
     if (size <= RegionReader::kMaxGet) {
       const uint8_t* e;
@@ -627,18 +706,17 @@ class Merger {
   // Reads the header and key of the old entry at `off` into old_*; checks bounds and order.
   Status PeekOld(const DetsBucket& b, uint64_t off, uint32_t t) {
     const uint8_t* e;
-    if (b.entries_end - off < kDetsEntryOverhead + 1)
-      return Corrupt("entry overruns its bucket", off);
-    KEYFS_RETURN_IF_ERROR(reader_->Get(off, kDetsEntryFixed, &e));
+    if (b.entries_end - off < old_fixed_ + 1) return Corrupt("entry overruns its bucket", off);
+    KEYFS_RETURN_IF_ERROR(reader_->Get(off, old_fixed_, &e));
     const uint64_t size = Load64(e + kESize), klen = Load16(e + kEKeyLen);
     const uint64_t hash = Load64(e + kEHash);
     const uint8_t type = e[kEType];
-    if (klen == 0 || klen > kMaxKeyLength || size < kDetsEntryOverhead + klen ||
+    if (klen == 0 || klen > kMaxKeyLength || size < old_fixed_ + klen ||
         size > b.entries_end - off || type < 1 || type > 3) {
       return Corrupt("bad entry", off);
     }
-    KEYFS_RETURN_IF_ERROR(reader_->Get(off, kDetsEntryFixed + klen, &e));
-    std::string_view key(reinterpret_cast<const char*>(e + kEKey), klen);
+    KEYFS_RETURN_IF_ERROR(reader_->Get(off, old_fixed_ + klen, &e));
+    std::string_view key(reinterpret_cast<const char*>(e + old_fixed_), klen);
     if ((hash >> 56) != t || HashKey(key) != hash) return Corrupt("entry hash mismatch", off);
     if (have_prev_old_ && !HashKeyLess(old_hash_, old_key_, hash, key)) {
       return Corrupt("entries out of hash order", off);
@@ -676,7 +754,10 @@ class Merger {
     const uint64_t entries_off = out_.pos();
     pairs_.clear();
     const DetsBucket* ob = in_.old_file ? &in_.old_file->bucket(t) : nullptr;
-    if (c == c_end && ob != nullptr && ob->count > 0) return CopyBucket(t, *ob);
+    // (A version-1 bucket is never copied: its entries are converted one by one.)
+    if (c == c_end && ob != nullptr && ob->count > 0 && !in_.old_file->legacy()) {
+      return CopyBucket(t, *ob);
+    }
     uint64_t off = ob ? ob->entries_off : 0;
     const uint64_t old_end = ob ? ob->entries_end : 0;
     if (ob != nullptr && ob->count > 0) {
@@ -702,7 +783,7 @@ class Merger {
         have_old = false;
       } else {
         if (have_old && n->hash == old_hash_ && n->key() == old_key_) {
-          Uncount(old_type_, old_size_ - kDetsEntryOverhead - old_key_.size());
+          Uncount(old_type_, old_size_ - old_fixed_ - old_key_.size());
           off += old_size_;  // replaced or deleted
           have_old = false;
           ++dropped_;
@@ -904,6 +985,15 @@ class Merger {
       Store32(d + kBSlotBits, b.slot_bits);
       Store64(d + kBBloomBlocks, b.bloom_blocks);
     }
+    const Meta& r = in_.root;
+    Store32(h + kDHRootMode, r.mode & 07777);
+    Store32(h + kDHRootUid, r.uid);
+    Store32(h + kDHRootGid, r.gid);
+    Store32(h + kDHRootSubdirs, r.subdirs);
+    Store64(h + kDHRootMtime, static_cast<uint64_t>(r.mtime_ns));
+    Store64(h + kDHRootCtime, static_cast<uint64_t>(r.ctime_ns));
+    Store64(h + kDHRootAtime, static_cast<uint64_t>(r.atime_ns));
+    Store64(h + kDHRootVersion, in_.root_version);
     Store64(h + kDHChecksum, Hash(h, kDHChecksum));
     out_.Put(h, kDetsHeaderSize);
     uint8_t footer[8];
@@ -927,6 +1017,9 @@ class Merger {
   std::string old_key_;
   EntryType old_type_ = EntryType::kFile;
   bool have_prev_old_ = false;
+  uint32_t old_fixed_ = kDetsEntryFixed;  // the old file's entry bytes before the key
+  // A version-1 old file: child directory counts by directory key.
+  std::unordered_map<std::string, uint32_t> legacy_subdirs_;
   // Totals of the new file.
   uint64_t entries_ = 0, types_[3] = {0, 0, 0}, value_bytes_ = 0;
   uint64_t copied_ = 0, written_ = 0, dropped_ = 0;
@@ -945,6 +1038,10 @@ Status WriteEmptyFile(WritableFile* file, int64_t time_ns) {
   MergeInput in;
   in.generation = 1;
   in.sync_time_ns = time_ns;
+  in.root = Meta::Dir(0755);
+  in.root.uid = ::geteuid();
+  in.root.gid = ::getegid();
+  in.root.mtime_ns = in.root.ctime_ns = in.root.atime_ns = time_ns;
   return WriteMergedFile(in, file, nullptr);
 }
 

@@ -18,6 +18,8 @@ struct MergeInput {
   uint64_t generation = 0;                 // of the new file
   int64_t sync_time_ns = 0;
   uint64_t last_version = 0;  // >= every version in the file and the layers
+  Meta root;                  // the root directory's metadata, for the header
+  uint64_t root_version = 0;
 };
 
 struct MergeStats {
@@ -28,7 +30,10 @@ struct MergeStats {
   uint64_t dropped = 0;  // old entries replaced or deleted
 };
 
-// Writes the merged file to `file` (fresh and empty) in one pass: every bucket's entries in
+// Writes the merged file to `file` (fresh and empty) in one pass, in the newest format
+// version. A version-1 old file (no atimes, no child directory counts) is converted entry by
+// entry, every directory's count computed first; that is done only with no layers (writers
+// upgrade the file when they open it, before any commit). every bucket's entries in
 // (hash, key) order followed by its hash table and bloom filter, then the key index, the
 // header and the footer. Buckets and key index blocks that no buffered key falls into are
 // copied unchanged. The old file is read with pread through a fixed window, every chunk and
@@ -41,7 +46,8 @@ struct MergeStats {
 // index directory (24 bytes per block of about 4 KiB of keys). Does not sync the file.
 Status WriteMergedFile(const MergeInput& in, WritableFile* file, MergeStats* stats);
 
-// Writes an empty dets file (no entries) of generation 1.
+// Writes an empty dets file (no entries) of generation 1; its root belongs to this process's
+// effective user and group, mode 0755, every time `time_ns`.
 Status WriteEmptyFile(WritableFile* file, int64_t time_ns);
 
 }  // namespace keyfs

@@ -25,13 +25,16 @@ inline uint64_t HashKey(std::string_view key) { return Hash(key.data(), key.size
 
 // ---- snapshot (FORMAT.md §2) ----
 constexpr char kSnapMagic[8] = {'K', 'E', 'Y', 'F', 'S', 'S', 'N', 'P'};
-constexpr uint32_t kSnapVersion = 1;
-constexpr uint32_t kSnapHeaderSize = 128;
+// Writers write kSnapVersion only; readers accept every version from 1 (FORMAT.md §2.9).
+constexpr uint32_t kSnapVersion = 2;
+constexpr uint32_t kSnapHeaderSizeV1 = 128;
+constexpr uint32_t kSnapHeaderSize = 176;  // v2: the root's metadata before the checksum
 constexpr uint64_t kSnapDataStart = 4096;  // records begin here; [128, 4096) is zero
 constexpr uint32_t kChunkShift = 14;       // 16 KiB checksum chunks
 constexpr uint64_t kChunkSize = uint64_t{1} << kChunkShift;
 constexpr uint32_t kRecordFixed = 16;  // key_len, type, pad, value_len
-constexpr uint32_t kMetaSize = 40;     // mode, uid, gid, pad, mtime, ctime, version
+constexpr uint32_t kMetaSizeV1 = 40;   // mode, uid, gid, zero, mtime, ctime, version
+constexpr uint32_t kMetaSize = 48;     // mode, uid, gid, subdirs, mtime, ctime, version, atime
 constexpr uint32_t kSlotSize = 16;     // hash, record offset
 constexpr uint32_t kBloomBlockBytes = 64;
 constexpr uint32_t kBloomBitsPerKey = 12;
@@ -57,14 +60,36 @@ enum SnapHeader : uint32_t {
   kHBloomBlocks = 96,
   kHSumsOff = 104,
   kHSumsChecksum = 112,
-  kHHeaderChecksum = 120,
+  kHHeaderChecksumV1 = 120,  // v1: H(bytes 0..119)
+  // v2: the root directory's metadata, then the checksum of everything before it.
+  kHRootMode = 120,
+  kHRootUid = 124,
+  kHRootGid = 128,
+  kHRootSubdirs = 132,
+  kHRootMtime = 136,
+  kHRootCtime = 144,
+  kHRootAtime = 152,
+  kHRootVersion = 160,
+  kHHeaderChecksum = 168,
+};
+
+// Record metadata field offsets, relative to the metadata (16 + align8(key_len)).
+enum SnapMetaField : uint32_t {
+  kMMode = 0,
+  kMUid = 4,
+  kMGid = 8,
+  kMSubdirs = 12,  // v1: zero
+  kMMtime = 16,
+  kMCtime = 24,
+  kMVersion = 32,
+  kMAtime = 40,  // v2 only
 };
 
 constexpr uint64_t Align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
 constexpr uint64_t Align64(uint64_t x) { return (x + 63) & ~uint64_t{63}; }
 
-inline uint64_t RecordSize(uint64_t key_len, uint64_t value_len) {
-  return kRecordFixed + Align8(key_len) + kMetaSize + Align8(value_len);
+inline uint64_t RecordSize(uint64_t key_len, uint64_t value_len, uint32_t meta_size = kMetaSize) {
+  return kRecordFixed + Align8(key_len) + meta_size + Align8(value_len);
 }
 
 // Bloom probe: block index and the k bit positions come from one 64-bit key hash.
@@ -110,7 +135,8 @@ inline void Store64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
 
 // ---- dets (FORMAT.md §3) ----
 constexpr char kDetsMagic[8] = {'K', 'E', 'Y', 'F', 'S', 'D', 'E', 'T'};
-constexpr uint32_t kDetsVersion = 1;
+// Writers write kDetsVersion only; readers accept every version from 1 (FORMAT.md §3.10).
+constexpr uint32_t kDetsVersion = 2;
 inline uint16_t Load16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
@@ -118,10 +144,11 @@ inline uint16_t Load16(const uint8_t* p) {
 }
 inline void Store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
-constexpr uint64_t kDetsPrefixSize = 64;  // magic, version, zeros; bucket 0 starts here
-constexpr uint32_t kDetsBuckets = 256;    // picked by the top byte of the key hash
-constexpr uint32_t kDetsEntryFixed = 56;  // entry bytes before the key
-constexpr uint32_t kDetsEntryOverhead = kDetsEntryFixed;  // an entry is this + key + value
+constexpr uint64_t kDetsPrefixSize = 64;    // magic, version, zeros; bucket 0 starts here
+constexpr uint32_t kDetsBuckets = 256;      // picked by the top byte of the key hash
+constexpr uint32_t kDetsEntryFixedV1 = 56;  // v1 entry bytes before the key
+constexpr uint32_t kDetsEntryFixed = 68;    // v2: atime and subdirs after the v1 fields
+constexpr uint32_t kDetsEntryOverhead = kDetsEntryFixed;  // a v2 entry is this + key + value
 constexpr uint32_t kDetsSlotSize = 16;                    // hash, entry offset
 constexpr uint32_t kDetsMinSlotBits = 2;
 constexpr uint32_t kDetsMaxSlotBits = 40;
@@ -133,7 +160,9 @@ constexpr uint64_t kDetsKeyBlockSize = 4096;  // target size of a key index bloc
 constexpr uint32_t kDetsKeyDirEntrySize = 24;
 constexpr uint32_t kDetsHeaderFixed = 128;
 constexpr uint32_t kDetsBucketDescSize = 48;
-constexpr uint32_t kDetsHeaderSize = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize + 8;
+constexpr uint32_t kDetsHeaderSizeV1 = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize + 8;
+constexpr uint32_t kDetsRootSize = 48;  // v2: the root's metadata after the bucket descriptors
+constexpr uint32_t kDetsHeaderSize = kDetsHeaderSizeV1 + kDetsRootSize;
 constexpr uint64_t kDetsFooterSize = 8;  // the header's offset, the file's last 8 bytes
 
 // Entry field offsets (FORMAT.md §3.5).
@@ -150,7 +179,10 @@ enum DetsEntryField : uint32_t {
   kEZero1 = 51,
   kEKeyLen = 52,
   kEZero2 = 54,
-  kEKey = 56,
+  kEKeyV1 = 56,
+  kEAtime = 56,  // v2 only
+  kESubdirs = 64,
+  kEKey = 68,
 };
 
 // Header field offsets (FORMAT.md §3.2).
@@ -174,7 +206,17 @@ enum DetsHeaderField : uint32_t {
   kDHBloomK = 120,
   kDHZero = 124,
   kDHBuckets = 128,
-  kDHChecksum = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize,
+  kDHChecksumV1 = kDetsHeaderFixed + kDetsBuckets * kDetsBucketDescSize,  // 12416
+  // v2: the root directory's metadata, then the checksum of everything before it.
+  kDHRootMode = kDHChecksumV1,
+  kDHRootUid = kDHRootMode + 4,
+  kDHRootGid = kDHRootMode + 8,
+  kDHRootSubdirs = kDHRootMode + 12,
+  kDHRootMtime = kDHRootMode + 16,
+  kDHRootCtime = kDHRootMode + 24,
+  kDHRootAtime = kDHRootMode + 32,
+  kDHRootVersion = kDHRootMode + 40,
+  kDHChecksum = kDHRootMode + kDetsRootSize,  // 12464
 };
 
 // Bucket descriptor field offsets, relative to the descriptor.

@@ -23,6 +23,42 @@ bool IsBelow(std::string_view key, std::string_view dir) {
 
 std::string Quote(std::string_view key) { return "'" + std::string(key) + "'"; }
 
+// The first component of a key the filesystem shows its control directory under: the
+// store refuses to create keys there (a mount could never reach them). Keys that an older
+// store already holds stay readable, deletable and movable out.
+constexpr std::string_view kReservedName = ".keyfs";
+
+bool IsReserved(std::string_view key) {
+  return StartsWith(key, kReservedName) &&
+         (key.size() == kReservedName.size() || key[kReservedName.size()] == '/');
+}
+
+Status Reserved(std::string_view key) {
+  return Status::InvalidArgument(Quote(key) + ": " + std::string(kReservedName) +
+                                 " is reserved for the mount's control directory");
+}
+
+// Records that directory `dir` ("" = the root) gained or lost entries in this commit: its
+// mtime and ctime become the commit's time and its count of child directories moves by
+// `subdir_delta`.
+Status TouchDir(MutableTree& tree, std::string_view dir, int subdir_delta, uint64_t version,
+                int64_t now_ns) {
+  TreeValue v;
+  KEYFS_RETURN_IF_ERROR(tree.Lookup(dir, &v));
+  if (v.meta.type != EntryType::kDir) return Status::NotDirectory(Quote(dir));
+  v.meta.mtime_ns = v.meta.ctime_ns = now_ns;
+  if (subdir_delta < 0 && v.meta.subdirs < static_cast<uint32_t>(-subdir_delta)) {
+    return Status::Corruption(Quote(dir) + ": child directory count below zero");
+  }
+  v.meta.subdirs = static_cast<uint32_t>(static_cast<int64_t>(v.meta.subdirs) + subdir_delta);
+  v.version = version;
+  v.value = {};
+  tree.Set(dir, v);
+  return Status::OK();
+}
+
+int DirDelta(const Meta& m) { return m.type == EntryType::kDir ? 1 : 0; }
+
 // OK if `key`'s parent exists as a directory (creating it, and its missing ancestors, with
 // mode 0755 and the owner of `meta` if make_parents).
 Status CheckParent(MutableTree& tree, std::string_view key, bool make_parents, const Meta& meta,
@@ -48,19 +84,37 @@ Status CheckParent(MutableTree& tree, std::string_view key, bool make_parents, c
     }
     return Status::NotFound("parent directory of " + Quote(key) + " does not exist");
   }
+  if (IsReserved(parent)) return Reserved(parent);
   KEYFS_RETURN_IF_ERROR(CheckParent(tree, parent, true, meta, version, now_ns));
   Meta dir = Meta::Dir();
   dir.uid = meta.uid;
   dir.gid = meta.gid;
-  dir.mtime_ns = dir.ctime_ns = now_ns;
+  dir.mtime_ns = dir.ctime_ns = dir.atime_ns = now_ns;
+  dir.subdirs = 0;
   tree.Set(parent, TreeValue{dir, version, {}});
-  return Status::OK();
+  return TouchDir(tree, ParentKey(parent), 1, version, now_ns);
+}
+
+// The metadata a mutation stores: the type and subdirectory count are the engine's, the
+// ctime is the commit's, kTimeNow times are resolved (an atime of kTimeNow keeps `cur`'s
+// when there is one).
+Meta Resolve(const Meta& given, EntryType type, const TreeValue* cur, int64_t now_ns) {
+  Meta meta = given;
+  meta.type = type;
+  meta.mode &= 07777;
+  if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
+  if (meta.atime_ns == kTimeNow) meta.atime_ns = cur != nullptr ? cur->meta.atime_ns : now_ns;
+  meta.ctime_ns = now_ns;
+  meta.subdirs = cur != nullptr && cur->meta.type == EntryType::kDir ? cur->meta.subdirs : 0;
+  return meta;
 }
 
 }  // namespace
 
 Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int64_t now_ns) {
-  if (Status vs = ValidateKey(m.key); !vs.ok()) return vs.WithContext(Quote(m.key));
+  // The root exists always and only its metadata can change.
+  const bool root_ok = m.op == Mutation::Op::kSetMeta;
+  if (Status vs = ValidateKey(m.key, root_ok); !vs.ok()) return vs.WithContext(Quote(m.key));
   TreeValue cur;
   Status found = tree.Lookup(m.key, &cur);
   if (!found.ok() && !found.IsNotFound()) return found;
@@ -69,27 +123,30 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
   switch (m.op) {
     case Mutation::Op::kPut: {
       if (m.meta.type == EntryType::kDir) return Status::InvalidArgument("put of a directory");
+      if (m.value.size() > kMaxValueSize) {
+        return Status::TooLarge(Quote(m.key) + ": value of " + std::to_string(m.value.size()) +
+                                " bytes is over the limit of " + std::to_string(kMaxValueSize));
+      }
+      if (!exists && IsReserved(m.key)) return Reserved(m.key);
       KEYFS_RETURN_IF_ERROR(CheckParent(tree, m.key, m.make_parents, m.meta, version, now_ns));
       if (exists && cur.meta.type == EntryType::kDir) return Status::IsDirectory(Quote(m.key));
       if (exists && m.exclusive) return Status::AlreadyExists(Quote(m.key));
-      Meta meta = m.meta;
-      meta.mode &= 07777;
-      if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
-      meta.ctime_ns = now_ns;
-      tree.Set(m.key, TreeValue{meta, version, m.value});
+      tree.Set(m.key, TreeValue{Resolve(m.meta, m.meta.type, exists ? &cur : nullptr, now_ns),
+                                version, m.value});
+      // Overwriting a file changes only the file; a new one changes its directory.
+      if (!exists) return TouchDir(tree, ParentKey(m.key), 0, version, now_ns);
       return Status::OK();
     }
     case Mutation::Op::kMkdir: {
+      if (!exists && IsReserved(m.key)) return Reserved(m.key);
       KEYFS_RETURN_IF_ERROR(CheckParent(tree, m.key, m.make_parents, m.meta, version, now_ns));
       if (exists && !(m.exist_ok && cur.meta.type == EntryType::kDir)) {
         return Status::AlreadyExists(Quote(m.key));
       }
-      Meta meta = m.meta;
-      meta.type = EntryType::kDir;
-      meta.mode &= 07777;
-      if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
-      meta.ctime_ns = now_ns;
-      tree.Set(m.key, TreeValue{meta, version, {}});
+      tree.Set(m.key,
+               TreeValue{
+                   Resolve(m.meta, EntryType::kDir, exists ? &cur : nullptr, now_ns), version, {}});
+      if (!exists) return TouchDir(tree, ParentKey(m.key), 1, version, now_ns);
       return Status::OK();
     }
     case Mutation::Op::kDelete: {
@@ -100,16 +157,11 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
         if (*has) return Status::NotEmpty(Quote(m.key));
       }
       tree.Set(m.key, std::nullopt);
-      return Status::OK();
+      return TouchDir(tree, ParentKey(m.key), -DirDelta(cur.meta), version, now_ns);
     }
     case Mutation::Op::kSetMeta: {
       if (!exists) return Status::NotFound(Quote(m.key));
-      Meta meta = m.meta;
-      meta.type = cur.meta.type;
-      meta.mode &= 07777;
-      if (meta.mtime_ns == kTimeNow) meta.mtime_ns = now_ns;
-      meta.ctime_ns = now_ns;
-      tree.Set(m.key, TreeValue{meta, version, cur.value});
+      tree.Set(m.key, TreeValue{Resolve(m.meta, cur.meta.type, &cur, now_ns), version, cur.value});
       return Status::OK();
     }
     case Mutation::Op::kRename:
@@ -135,13 +187,21 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
   if (!ds.ok() && !ds.IsNotFound()) return ds;
   const bool dst_exists = ds.ok();
   if (from == to) return Status::OK();
+  // Whatever lands under the reserved name is a new key there.
+  if (IsReserved(to) || (exchange && IsReserved(from))) {
+    return Reserved(IsReserved(to) ? to : from);
+  }
 
   std::vector<std::pair<std::string, TreeValue>> src_tree, dst_tree;
   KEYFS_RETURN_IF_ERROR(tree.CollectSubtree(from, &src_tree));
+  // Child directories each parent gains (+) or loses (-).
+  int from_parent_delta = -DirDelta(cur.meta), to_parent_delta = DirDelta(cur.meta);
   if (exchange) {
     if (!dst_exists) return Status::NotFound(Quote(to));
     if (IsBelow(from, to)) return Status::InvalidArgument("cannot exchange with an ancestor");
     KEYFS_RETURN_IF_ERROR(tree.CollectSubtree(to, &dst_tree));
+    from_parent_delta += DirDelta(dst.meta);
+    to_parent_delta -= DirDelta(dst.meta);
   } else if (dst_exists) {
     if (m.rename_flags & kRenameNoReplace) return Status::AlreadyExists(Quote(to));
     if (cur.meta.type == EntryType::kDir) {
@@ -153,6 +213,7 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
       return Status::IsDirectory(Quote(to));
     }
     tree.Set(to, std::nullopt);
+    to_parent_delta -= DirDelta(dst.meta);  // the replaced directory
   }
   for (const auto& [k, v] : src_tree) tree.Set(k, std::nullopt);
   for (const auto& [k, v] : dst_tree) tree.Set(k, std::nullopt);
@@ -167,7 +228,13 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
   };
   move(src_tree, from, to);
   move(dst_tree, to, from);
-  return Status::OK();
+  // Both parents (one, when they are the same directory) changed.
+  const std::string_view from_parent = ParentKey(from), to_parent = ParentKey(to);
+  if (from_parent == to_parent) {
+    return TouchDir(tree, from_parent, from_parent_delta + to_parent_delta, version, now_ns);
+  }
+  KEYFS_RETURN_IF_ERROR(TouchDir(tree, from_parent, from_parent_delta, version, now_ns));
+  return TouchDir(tree, to_parent, to_parent_delta, version, now_ns);
 }
 
 Overlay::Overlay(const SnapshotTable* base, uint64_t generation, int64_t now_ns)
@@ -175,7 +242,13 @@ Overlay::Overlay(const SnapshotTable* base, uint64_t generation, int64_t now_ns)
 
 Status Overlay::Lookup(std::string_view key, Value* out) const {
   if (key.empty()) {
-    *out = Value{Meta::Dir(), 0, {}};
+    if (root_) {
+      *out = *root_;
+      return Status::OK();
+    }
+    auto root = base_->RootMeta();
+    if (!root.ok()) return root.status();
+    *out = Value{*root, base_->root_version(), {}};
     return Status::OK();
   }
   auto it = changes_.find(key);
@@ -191,6 +264,10 @@ Status Overlay::Lookup(std::string_view key, Value* out) const {
 }
 
 void Overlay::Set(std::string_view key, std::optional<Value> slot) {
+  if (key.empty()) {  // the root is never deleted; the batch's undo keeps its old state
+    if (slot) root_ = std::move(slot);
+    return;
+  }
   auto it = changes_.find(key);
   if (logging_) {
     if (undo_keys_.emplace(key).second) {
@@ -262,6 +339,7 @@ Status Overlay::CollectSubtree(std::string_view key,
 }
 
 Status Overlay::Apply(const Batch& batch) {
+  const std::optional<Value> saved_root = root_;
   undo_.clear();
   undo_keys_.clear();
   logging_ = true;
@@ -272,6 +350,7 @@ Status Overlay::Apply(const Batch& batch) {
   }
   logging_ = false;
   if (!s.ok()) {
+    root_ = saved_root;
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) {
       if (!it->second) {
         changes_.erase(it->first);
@@ -315,9 +394,16 @@ Status Overlay::ForEachMerged(
   return Status::OK();
 }
 
+StatusOr<Overlay::Value> Overlay::Root() const {
+  Value v;
+  KEYFS_RETURN_IF_ERROR(Lookup("", &v));
+  return v;
+}
+
 std::vector<std::string> Overlay::ChangedKeys() const {
   std::vector<std::string> keys;
-  keys.reserve(changes_.size());
+  keys.reserve(changes_.size() + 1);
+  if (root_) keys.emplace_back();  // "" sorts first
   for (const auto& [k, v] : changes_) keys.push_back(k);
   return keys;
 }

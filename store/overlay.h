@@ -30,7 +30,8 @@ struct TreeValue {
   std::string_view value;
 };
 
-// The state a batch is applied to. Never sees the root "" (always a directory).
+// The state a batch is applied to. The root "" is always there, a directory: Lookup("")
+// returns its stored metadata and Set("", v) updates it (it is never deleted).
 // Not thread-safe: owned by whoever applies the batch.
 class MutableTree {
  public:
@@ -45,12 +46,16 @@ class MutableTree {
   virtual Status CollectSubtree(std::string_view key,
                                 std::vector<std::pair<std::string, TreeValue>>* out) const = 0;
   // Sets `key` to `v`, or deletes it when v is nullopt. The tree copies what it must keep.
+  // For "", v is never nullopt.
   virtual void Set(std::string_view key, std::optional<TreeValue> v) = 0;
 };
 
 // Applies one mutation to `tree`. New and changed entries get version `version` and, where
-// the mutation leaves them 0, times `now_ns`. On failure returns the Status (naming the
-// key) and may have changed `tree` partly: the caller rolls the whole batch back.
+// the mutation leaves them kTimeNow, times `now_ns` (an atime of kTimeNow keeps an existing
+// entry's). Directories that gain or lose entries (the root included) get mtime and ctime
+// `now_ns`, version `version` and their count of child directories kept right. On failure
+// returns the Status (naming the key) and may have changed `tree` partly: the caller rolls
+// the whole batch back.
 Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int64_t now_ns);
 
 // Not thread-safe: owned by the committer. Values are views: into the base table (pinned
@@ -72,8 +77,11 @@ class Overlay final : public MutableTree {
   // every live entry in key order. Stops at the first non-OK Status from the base table.
   Status ForEachMerged(const std::function<Status(std::string_view key, const Value& v)>& fn) const;
 
-  bool empty() const { return changes_.empty(); }
-  // Keys whose state differs from the base (added, removed or modified), sorted.
+  bool empty() const { return changes_.empty() && !root_; }
+  // The root directory's state after the applied batches.
+  StatusOr<Value> Root() const;
+  // Keys whose state differs from the base (added, removed or modified), sorted; "" first
+  // when the root's metadata changed.
   std::vector<std::string> ChangedKeys() const;
 
   // MutableTree.
@@ -90,6 +98,7 @@ class Overlay final : public MutableTree {
   uint64_t generation_;
   int64_t now_ns_;
   std::map<std::string, Slot, std::less<>> changes_;
+  std::optional<Value> root_;  // set once a batch changed the root
   // Undo log of the batch being applied: the previous state of each key it touched
   // (outer nullopt: the key had no entry in changes_).
   std::vector<std::pair<std::string, std::optional<Slot>>> undo_;

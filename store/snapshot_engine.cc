@@ -104,6 +104,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       lock_fd_ = ::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (lock_fd_ < 0) return Status::FromErrno(errno, "open lock file " + lock_path_);
       RemoveStaleTemps();
+      KEYFS_RETURN_IF_ERROR(UpgradeIfOld());
       committer_ = std::thread([this] { CommitterLoop(); });
     }
     if (watch) {
@@ -129,10 +130,10 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   StatusOr<Record> Find(std::string_view key, bool why_missing) const {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
     TableRef t = Current();
-    if (key.empty()) {  // the root: implicit, dated by the last commit
-      Meta m = Meta::Dir();
-      m.mtime_ns = m.ctime_ns = t->commit_time_ns();
-      return Record{m, 0, {}, nullptr};
+    if (key.empty()) {  // the root: its metadata is in the table's header
+      auto m = t->RootMeta();
+      if (!m.ok()) return m.status();
+      return Record{*m, t->root_version(), {}, nullptr};
     }
     EntryRef e;
     Status s = t->Find(key, &e);
@@ -177,7 +178,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     TableRef t = Current();
     EngineStats s;
     s.engine = "snapshot";
-    s.format_version = format::kSnapVersion;
+    s.format_version = t->format_version();
     s.entries = t->entry_count();
     CountTypes(t, &s);
     s.value_bytes = t->value_bytes();
@@ -242,6 +243,27 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     s->files = counts_[0];
     s->dirs = counts_[1];
     s->symlinks = counts_[2];
+  }
+
+  // A version-1 table opened read-write is rewritten as version 2 at once (every
+  // directory's child count computed), under the store lock and published like a commit.
+  // Its commit time, and the root's metadata a v1 reader implies, are kept.
+  Status UpgradeIfOld() {
+    if (Current()->format_version() >= format::kSnapVersion) return Status::OK();
+    std::lock_guard<std::mutex> pl(publish_mu_);
+    FlockGuard lock(lock_fd_);
+    KEYFS_RETURN_IF_ERROR(lock.Lock());
+    KEYFS_RETURN_IF_ERROR(RefreshLocked(/*notify=*/false));
+    TableRef base = Current();
+    if (base->format_version() >= format::kSnapVersion) return Status::OK();  // another did
+    const uint64_t gen = base->generation() + 1;
+    Overlay overlay(base.get(), gen, base->commit_time_ns());
+    Status in_doubt;
+    auto built = WriteTable(overlay, gen, base->commit_time_ns(), &in_doubt);
+    if (!built.ok()) return built.status().WithContext("upgrade " + path_ + " to format version 2");
+    Publish(*built);
+    rebuilds_.fetch_add(1, std::memory_order_relaxed);
+    return in_doubt;
   }
 
   void RemoveStaleTemps() {
@@ -318,6 +340,10 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     ev.old_generation = a->generation();
     ev.new_generation = b->generation();
     ev.external = true;
+    auto ra = a->RootMeta(), rb = b->RootMeta();
+    if (!ra.ok() || !rb.ok() || *ra != *rb || a->root_version() != b->root_version()) {
+      ev.changed.emplace_back();  // the root ("" sorts first)
+    }
     uint64_t i = 0, j = 0;
     EntryRef x, y;
     while (i < a->entry_count() || j < b->entry_count()) {
@@ -389,6 +415,8 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       Answer(rejected);  // validation errors change nothing; answer them at once
       if (accepted.empty()) return;
 
+      // A version-1 base needs nothing special: its lookups count the child directories
+      // the new table stores.
       Status failure;
       auto built = WriteTable(overlay, gen, now, &failure);
       if (!built.ok()) {
@@ -443,9 +471,19 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       file = std::move(*fresh);
     }
     WritableFile* f = file.get();
+    auto root = overlay.Root();
+    if (!root.ok()) {
+      (void)f->Close();
+      if (recycled) {
+        spares_.push_back(target);
+      } else {
+        (void)env_->RemoveFile(target);
+      }
+      return root.status();
+    }
     Status s;
     {
-      TableBuilder builder(f, gen, now);
+      TableBuilder builder(f, gen, now, root->meta, root->version);
       s = overlay.ForEachMerged([&](std::string_view key, const Overlay::Value& v) {
         return builder.Add(key, v.meta, v.version, v.value);
       });
@@ -575,7 +613,12 @@ Status CreateSnapshotStore(const std::string& path, Env* env) {
   if (!file.ok()) return file.status();
   Status s;
   {
-    TableBuilder builder(file->get(), 1, NowNs());
+    const int64_t now = NowNs();
+    Meta root = Meta::Dir(0755);
+    root.uid = ::geteuid();
+    root.gid = ::getegid();
+    root.mtime_ns = root.ctime_ns = root.atime_ns = now;
+    TableBuilder builder(file->get(), 1, now, root, 0);
     s = builder.Finish();
   }
   if (s.ok()) s = (*file)->Sync();

@@ -17,8 +17,13 @@ constexpr size_t kFlushBytes = 1 << 20;
 XXH3_state_t* State(void* p) { return static_cast<XXH3_state_t*>(p); }
 }  // namespace
 
-TableBuilder::TableBuilder(WritableFile* file, uint64_t generation, int64_t commit_time_ns)
-    : file_(file), generation_(generation), commit_time_ns_(commit_time_ns) {
+TableBuilder::TableBuilder(WritableFile* file, uint64_t generation, int64_t commit_time_ns,
+                           const Meta& root, uint64_t root_version)
+    : file_(file),
+      generation_(generation),
+      commit_time_ns_(commit_time_ns),
+      root_(root),
+      root_version_(root_version) {
   hash_state_ = XXH3_createState();
   XXH3_64bits_reset_withSeed(State(hash_state_), kHashSeed);
   buf_.reserve(kFlushBytes + kChunkSize);
@@ -75,12 +80,14 @@ Status TableBuilder::Add(std::string_view key, const Meta& meta, uint64_t versio
   fixed[4] = static_cast<uint8_t>(meta.type);
   Store64(fixed + 8, value.size());
   uint8_t m[kMetaSize] = {};
-  Store32(m, meta.mode & 07777);
-  Store32(m + 4, meta.uid);
-  Store32(m + 8, meta.gid);
-  Store64(m + 16, static_cast<uint64_t>(meta.mtime_ns));
-  Store64(m + 24, static_cast<uint64_t>(meta.ctime_ns));
-  Store64(m + 32, version);
+  Store32(m + kMMode, meta.mode & 07777);
+  Store32(m + kMUid, meta.uid);
+  Store32(m + kMGid, meta.gid);
+  Store32(m + kMSubdirs, meta.type == EntryType::kDir ? meta.subdirs : 0);
+  Store64(m + kMMtime, static_cast<uint64_t>(meta.mtime_ns));
+  Store64(m + kMCtime, static_cast<uint64_t>(meta.ctime_ns));
+  Store64(m + kMVersion, version);
+  Store64(m + kMAtime, static_cast<uint64_t>(meta.atime_ns));
 
   offsets_.push_back(pos_);
   hashes_.push_back(HashKey(key));
@@ -159,6 +166,14 @@ Status TableBuilder::Finish() {
   Store64(h + kHBloomBlocks, blocks);
   Store64(h + kHSumsOff, sums_off);
   Store64(h + kHSumsChecksum, Hash(sums_.data(), 8 * sums_.size()));
+  Store32(h + kHRootMode, root_.mode & 07777);
+  Store32(h + kHRootUid, root_.uid);
+  Store32(h + kHRootGid, root_.gid);
+  Store32(h + kHRootSubdirs, root_.subdirs);
+  Store64(h + kHRootMtime, static_cast<uint64_t>(root_.mtime_ns));
+  Store64(h + kHRootCtime, static_cast<uint64_t>(root_.ctime_ns));
+  Store64(h + kHRootAtime, static_cast<uint64_t>(root_.atime_ns));
+  Store64(h + kHRootVersion, root_version_);
   Store64(h + kHHeaderChecksum, Hash(h, kHHeaderChecksum));
   return file_->WriteAt(0, std::string_view(reinterpret_cast<const char*>(h), sizeof(h)));
 }

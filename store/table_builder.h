@@ -17,12 +17,15 @@ namespace keyfs {
 class TableBuilder {
  public:
   // `file` must be empty; the builder writes everything, header last. It does not sync.
-  TableBuilder(WritableFile* file, uint64_t generation, int64_t commit_time_ns);
+  // `root` (with `root_version`) is the root directory's metadata, kept in the header.
+  TableBuilder(WritableFile* file, uint64_t generation, int64_t commit_time_ns, const Meta& root,
+               uint64_t root_version);
   ~TableBuilder();
   TableBuilder(const TableBuilder&) = delete;
   TableBuilder& operator=(const TableBuilder&) = delete;
 
-  // REQUIRES: keys strictly increasing (bytewise) across calls, each a valid key.
+  // REQUIRES: keys strictly increasing (bytewise) across calls, each a valid key; times
+  // resolved (no kTimeNow); meta.subdirs right for a directory.
   Status Add(std::string_view key, const Meta& meta, uint64_t version, std::string_view value);
 
   // Writes the indexes, checksums and header. Returns the first error seen.
@@ -39,6 +42,8 @@ class TableBuilder {
   WritableFile* file_;
   uint64_t generation_;
   int64_t commit_time_ns_;
+  Meta root_;
+  uint64_t root_version_;
   std::string buf_;
   uint64_t pos_ = 0;         // file offset of the next byte emitted
   uint64_t chunk_fill_ = 0;  // bytes of the current chunk hashed so far

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "format.h"
 #include "keyfs/store/engine.h"
 #include "keyfs/store/env.h"
 #include "testutil.h"
@@ -382,10 +384,18 @@ TEST_F(DetsCorruptionTest, EveryStructure) {
   Flip(b->entries_off, "entry hash");
   Flip(b->entries_off + 8, "entry size");
   Flip(b->entries_off + 16, "entry version");
+  Flip(b->entries_off + 24, "entry mtime");
+  Flip(b->entries_off + 32, "entry ctime");
+  Flip(b->entries_off + 40, "entry uid");
+  Flip(b->entries_off + 44, "entry gid");
   Flip(b->entries_off + 48, "entry mode");
   Flip(b->entries_off + 50, "entry type");
+  Flip(b->entries_off + 51, "entry zero byte");
   Flip(b->entries_off + 52, "entry key length");
-  Flip(b->entries_off + 56, "entry key");
+  Flip(b->entries_off + 54, "entry zero bytes");
+  Flip(b->entries_off + 56, "entry atime");
+  Flip(b->entries_off + 64, "entry subdirs");
+  Flip(b->entries_off + 68, "entry key");
   Flip(b->entries_off + Load64(good_, b->entries_off + 8) - 1, "entry value");
   if (b->index_off > b->entries_end) Flip(b->entries_end, "padding before the table");
   for (uint64_t s = 0; s < (uint64_t{1} << b->slot_bits); ++s) {
@@ -403,12 +413,60 @@ TEST_F(DetsCorruptionTest, EveryStructure) {
   Flip(l.key_index_off + 20, "key index block bytes");
   Flip(l.key_dir_off, "key directory offset");
   Flip(l.key_dir_off + 16, "key directory checksum");
-  for (uint64_t h : {0,   8,   12,  16,  24,  40,  48,  72,  80,  88,  96,   104,
-                     112, 120, 124, 128, 136, 144, 152, 160, 164, 168, 12416}) {
+  // Every header field, the bucket descriptors' first, the root's metadata (12416..12463)
+  // and the checksum (12464).
+  for (uint64_t h : {0,   8,     12,    16,    24,    32,    40,    48,    56,    64,    72,   80,
+                     88,  96,    104,   112,   120,   124,   128,   136,   144,   152,   160,  164,
+                     168, 12416, 12420, 12424, 12428, 12432, 12440, 12448, 12456, 12464, 12471}) {
     Flip(l.header_off + h, "header field " + std::to_string(h));
   }
   Flip(good_.size() - 8, "footer");
   Flip(good_.size() - 1, "footer high byte");
+}
+
+// Lies about child directory counts that the writer of the file meant (checksums
+// recomputed): consistent with themselves, so only the full check sees them.
+TEST_F(DetsCorruptionTest, ResealedSubdirCountsAreCaughtByVerify) {
+  const Layout& l = layout_;
+  const uint64_t h = format::HashKey("dir");
+  const Layout::Bucket& b = l.buckets[h >> 56];
+  uint64_t off = b.entries_off;  // the entry of "dir"
+  while (off < b.entries_end && Load64(good_, off) != h) off += Load64(good_, off + 8);
+  ASSERT_LT(off, b.entries_end);
+  auto reseal_bucket = [&](std::string* f) {
+    auto* p = reinterpret_cast<uint8_t*>(f->data());
+    const uint64_t sums_off = b.sums_off();
+    for (uint64_t c = 0; b.entries_off + c * 4096 < sums_off; ++c) {
+      const uint64_t from = b.entries_off + c * 4096;
+      format::Store64(p + sums_off + 8 * c,
+                      format::Hash(p + from, std::min<uint64_t>(4096, sums_off - from)));
+    }
+  };
+  auto reseal_header = [&](std::string* f) {
+    auto* p = reinterpret_cast<uint8_t*>(f->data()) + l.header_off;
+    format::Store64(p + format::kDHChecksum, format::Hash(p, format::kDHChecksum));
+  };
+  {
+    std::string bad = good_;
+    format::Store32(reinterpret_cast<uint8_t*>(bad.data()) + off + format::kESubdirs, 1);
+    reseal_bucket(&bad);
+    ExpectDetected(bad, "directory 'dir' says it has a subdirectory");
+  }
+  {
+    std::string bad = good_;
+    auto* p = reinterpret_cast<uint8_t*>(bad.data()) + l.header_off;
+    ASSERT_EQ(format::Load32(p + format::kDHRootSubdirs), 1u);  // "dir"
+    format::Store32(p + format::kDHRootSubdirs, 2);
+    reseal_header(&bad);
+    ExpectDetected(bad, "the root says it has two subdirectories");
+  }
+  {
+    std::string bad = good_;
+    auto* p = reinterpret_cast<uint8_t*>(bad.data()) + l.header_off;
+    format::Store32(p + format::kDHRootMode, 010755);
+    reseal_header(&bad);
+    ExpectDetected(bad, "root mode with file type bits");
+  }
 }
 
 TEST_F(DetsCorruptionTest, TruncatedOrExtended) {
@@ -417,7 +475,8 @@ TEST_F(DetsCorruptionTest, TruncatedOrExtended) {
     ExpectDetected(good_.substr(0, cut), "truncated to " + std::to_string(cut));
   }
   ExpectDetected(good_ + std::string(1, '\0'), "one byte appended");
-  ExpectDetected(good_ + good_.substr(good_.size() - 12432), "header appended again");
+  // The header (12472 bytes) and the footer.
+  ExpectDetected(good_ + good_.substr(good_.size() - 12480), "header appended again");
 }
 
 // Any single flipped byte anywhere in the file is detected.

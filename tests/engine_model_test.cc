@@ -20,6 +20,8 @@ struct ModelEntry {
   EntryType type;
   std::string value;
   uint32_t mode;
+  uint32_t subdirs = 0;  // directories: child directories (the engine's count; the model
+                         // counts its own in CheckSame)
   bool operator==(const ModelEntry&) const = default;
 };
 using Tree = std::map<std::string, ModelEntry>;
@@ -38,16 +40,25 @@ class Model {
  public:
   Code Apply(const Batch& b) {
     Tree saved = tree_;
+    const uint32_t saved_root = root_mode_;
     for (const Mutation& m : b.mutations()) {
       Code c = ApplyOne(m);
       if (c != Code::kOk) {
         tree_ = std::move(saved);
+        root_mode_ = saved_root;
         return c;
       }
     }
     return Code::kOk;
   }
   const Tree& tree() const { return tree_; }
+  uint32_t root_mode() const { return root_mode_; }
+  // Child directories of `dir` ("" = root), counted.
+  uint32_t Subdirs(const std::string& dir) const {
+    uint32_t n = 0;
+    for (const auto& [k, v] : tree_) n += v.type == EntryType::kDir && Parent(k) == dir;
+    return n;
+  }
 
  private:
   bool Exists(const std::string& k) const { return k.empty() || tree_.count(k); }
@@ -92,7 +103,11 @@ class Model {
         return Code::kOk;
       case Mutation::Op::kSetMeta:
         if (!Exists(k)) return Code::kNotFound;
-        tree_[k].mode = m.meta.mode;
+        if (k.empty()) {
+          root_mode_ = m.meta.mode;
+        } else {
+          tree_[k].mode = m.meta.mode;
+        }
         return Code::kOk;
       case Mutation::Op::kRename:
         return Rename(k, m.target, m.rename_flags);
@@ -145,6 +160,7 @@ class Model {
   }
 
   Tree tree_;
+  uint32_t root_mode_ = 0755;
 };
 
 // Every entry of the engine, by walking List from the root.
@@ -160,7 +176,7 @@ Status Dump(const Engine& e, const std::string& dir, Tree* out) {
     auto r = e.Get(key);
     if (!r.ok()) return r.status().WithContext("get " + key);
     if (r->meta.type != type) return Status::Corruption("list and get disagree on " + key);
-    (*out)[key] = {r->meta.type, std::string(r->value), r->meta.mode};
+    (*out)[key] = {r->meta.type, std::string(r->value), r->meta.mode, r->meta.subdirs};
     if (type == EntryType::kDir) KEYFS_RETURN_IF_ERROR(Dump(e, key, out));
   }
   return Status::OK();
@@ -213,6 +229,7 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
     } else if (o < 82) {
       m.op = Mutation::Op::kSetMeta;
       m.meta = Meta::File(rng_() % 01000);
+      if (rng_() % 6 == 0) m.key = "";  // the root's own metadata
     } else {
       m.op = Mutation::Op::kRename;
       m.target = RandomKey();
@@ -232,7 +249,13 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
       ASSERT_EQ(static_cast<int>(it->second.type), static_cast<int>(v.type)) << k;
       ASSERT_EQ(it->second.value, v.value) << "step " << step << ": value of " << k;
       ASSERT_EQ(it->second.mode, v.mode) << k;
+      ASSERT_EQ(it->second.subdirs, v.type == EntryType::kDir ? model_.Subdirs(k) : 0)
+          << "step " << step << ": subdirs of " << k;
     }
+    auto root = engine_->Get("");
+    ASSERT_OK(root.status());
+    ASSERT_EQ(root->meta.subdirs, model_.Subdirs("")) << "step " << step << ": root subdirs";
+    ASSERT_EQ(root->meta.mode, model_.root_mode()) << "step " << step << ": root mode";
     // Point lookups of absent keys agree too.
     for (int i = 0; i < 20; ++i) {
       std::string k = RandomKey();

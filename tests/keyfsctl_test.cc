@@ -405,7 +405,7 @@ TEST_F(Create, NewStoreIsEmptyAndSound) {
   EXPECT_EQ(v.status, 0) << v.err;
   EXPECT_TRUE(v.out.ends_with("\nok\n")) << v.out;
   Result info = Ctl({"info", "s"});
-  EXPECT_TRUE(info.out.starts_with("engine: snapshot\nformat_version: 1\nentries: 0\n"))
+  EXPECT_TRUE(info.out.starts_with("engine: snapshot\nformat_version: 2\nentries: 0\n"))
       << info.out;
 }
 
@@ -545,6 +545,19 @@ TEST_P(Put, CreatesMissingParents) {
   Meta d = MetaOf("a/b");
   EXPECT_EQ(d.type, EntryType::kDir);
   EXPECT_EQ(d.mode, 0755u);
+}
+
+TEST_P(Put, ReservedNameIsRefused) {
+  CreateStore();
+  std::string before = StoreState();
+  EXPECT_EQ(Ctl({"put", "s", ".keyfs/sync", "1"}),
+            Fails(".keyfs/sync: invalid key: '.keyfs/sync': .keyfs is reserved for the mount's "
+                  "control directory"));
+  EXPECT_EQ(Ctl({"put", "s", ".keyfs", "1"}),
+            Fails(".keyfs: invalid key: '.keyfs': .keyfs is reserved for the mount's control "
+                  "directory"));
+  EXPECT_EQ(StoreState(), before);
+  EXPECT_EQ(Ctl({"put", "s", "d/.keyfs", "1"}), Ok());  // only as the first component
 }
 
 TEST_P(Put, ValueFromStdin) {
@@ -814,6 +827,19 @@ TEST_P(Import, KeyTooLongIsRefusedAndNothingIsImported) {
   EXPECT_EQ(StoreState(), before);
 }
 
+TEST_P(Import, ReservedNameIsRefusedAndNothingIsImported) {
+  CreateStore();
+  std::string before = StoreState();
+  ASSERT_EQ(::mkdir(Path("src").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir(Path("src/.keyfs").c_str(), 0755), 0);
+  WriteFile(Path("src/.keyfs/stats"), "x");
+  WriteFile(Path("src/fine"), "x");
+  EXPECT_EQ(Ctl({"import", "s", "src"}),
+            Fails("s: invalid argument: '.keyfs': .keyfs is reserved for the mount's control "
+                  "directory"));
+  EXPECT_EQ(StoreState(), before);
+}
+
 TEST_P(Import, BadDirectory) {
   CreateStore();
   std::string before = StoreState();
@@ -952,8 +978,17 @@ TEST_P(RoundTrip, ImportThenExportKeepsEverything) {
     t += 86'400'000'000'001;  // a day and a nanosecond apart
   }
   ASSERT_EQ(::chmod((src + "/ro").c_str(), 0555), 0);  // chmod does not change the mtime
+  // Access times are kept too (a symlink's and a directory's included).
+  constexpr int64_t kAtime = 1'262'304'000'987'654'321;  // 2010-01-01T00:00:00.987654321Z
+  for (const char* p : {"etc/app.conf", "link", "deep/a"}) {
+    struct timespec ts[2] = {{kAtime / 1'000'000'000, kAtime % 1'000'000'000}, {0, UTIME_OMIT}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (src + "/" + p).c_str(), ts, AT_SYMLINK_NOFOLLOW), 0) << p;
+  }
 
   EXPECT_EQ(Ctl({"import", "s", "src"}), Ok());
+  for (const char* p : {"etc/app.conf", "link", "deep/a"}) {
+    EXPECT_EQ(MetaOf(p).atime_ns, kAtime) << p;
+  }
   EXPECT_EQ(Ctl({"list", "s"}),
             Ok("bin/\nbin/run.sh\ndata.bin\ndeep/\ndeep/a/\ndeep/a/b/\ndeep/a/b/leaf\n"
                "deep/dangling\netc/\netc/app.conf\netc/empty.txt\netc/empty/\nlink\n"
@@ -962,6 +997,13 @@ TEST_P(RoundTrip, ImportThenExportKeepsEverything) {
   EXPECT_EQ(MetaOf("etc/app.conf").mtime_ns, kT);
 
   EXPECT_EQ(Ctl({"export", "s", "dst"}), Ok());
+  for (const char* p : {"etc/app.conf", "link", "deep/a"}) {
+    struct stat st;
+    ASSERT_EQ(::lstat(Path(std::string("dst/") + p).c_str(), &st), 0) << p;
+    EXPECT_EQ(int64_t{st.st_atim.tv_sec} * 1'000'000'000 + st.st_atim.tv_nsec, kAtime) << p;
+    EXPECT_EQ(int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec, MetaOf(p).mtime_ns)
+        << p;
+  }
   std::vector<std::string> want = DescribeTree(src);
   EXPECT_EQ(want.size(), 16u);
   EXPECT_EQ(DescribeTree(Path("dst")), want);
@@ -974,6 +1016,8 @@ TEST_P(RoundTrip, ImportThenExportKeepsEverything) {
   for (const char* key : {"ro", "etc/app.conf", "link", "bin"}) {
     Meta a = MetaOf(key, "s2"), b = MetaOf(key, "s");
     a.ctime_ns = b.ctime_ns = 0;  // ctime is the commit's, by design
+    // Reading dst above (DescribeTree) moved its atimes (relatime); they are checked above.
+    a.atime_ns = b.atime_ns = 0;
     EXPECT_EQ(a, b) << key;
   }
   ASSERT_EQ(::chmod((src + "/ro").c_str(), 0755), 0);  // so the cleanup may remove it
@@ -993,7 +1037,7 @@ TEST_P(Info, Golden) {
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.err, "");
   std::string fixed = "engine: " + engine_ +
-                      "\nformat_version: 1\nentries: 4\nfiles: 2\ndirs: 1\n"
+                      "\nformat_version: 2\nentries: 4\nfiles: 2\ndirs: 1\n"
                       "symlinks: 1\nvalue_bytes: 8\nfile_bytes: " +
                       std::to_string(st.st_size) + "\n";
   ASSERT_TRUE(r.out.starts_with(fixed)) << r.out;
@@ -1029,8 +1073,16 @@ TEST_P(Info, Golden) {
   EXPECT_EQ(rest[1].size(), std::string("last_sync: 2001-02-03T04:05:06.123456789Z").size())
       << rest[1];
   EXPECT_TRUE(rest[1].ends_with("Z")) << rest[1];
+  // The root directory: a new store's belongs to its creator, mode 0755; "d" is its one
+  // subdirectory; its mtime is that of the last entry added to it (the symlink "l").
+  ASSERT_GE(rest.size(), 6u);
+  EXPECT_EQ(rest[2], "root_mode: 0755");
+  EXPECT_EQ(rest[3],
+            "root_owner: " + std::to_string(::geteuid()) + ":" + std::to_string(::getegid()));
+  EXPECT_TRUE(rest[4].starts_with("root_mtime: ") && rest[4].ends_with("Z")) << rest[4];
+  EXPECT_EQ(rest[5], "root_subdirs: 1");
   // The engine's own pairs follow, one "key: value" a line.
-  for (size_t i = 2; i < rest.size(); ++i) {
+  for (size_t i = 6; i < rest.size(); ++i) {
     size_t colon = rest[i].find(": ");
     EXPECT_TRUE(colon != std::string::npos && colon > 0) << rest[i];
   }

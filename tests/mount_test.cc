@@ -1421,7 +1421,13 @@ TEST_P(EngineMountTest, RsyncArchiveRoundTrip) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(Cat(P("r/etc/app/app.conf")), "changed\n");
   EXPECT_FALSE(Exists(P("r/var/lib/owned")));
-  EXPECT_EQ(TreeMeta(P("r")), TreeMeta(Local("src/tree")));
+  // rsync deletes after it has set a directory's times, so the directory it deleted from
+  // keeps the time of that deletion, on keyfs as on any local filesystem; the rest matches.
+  auto mounted = TreeMeta(P("r")), source = TreeMeta(Local("src/tree"));
+  EXPECT_GE(Lstat(P("r/var/lib")).st_mtim.tv_sec, Lstat(Local("src/tree/var/lib")).st_mtim.tv_sec);
+  mounted.erase("var/lib");
+  source.erase("var/lib");
+  EXPECT_EQ(mounted, source);
   EXPECT_EQ(Sh("ls -a $MNT/r/etc/app").out, ".\n..\napp.conf\nblob-link\nconf.d\ncurrent\nsecret\n")
       << "no rsync temp file left";
   r = Sh("rsync -a $MNT/ whole/ && ls -a whole");

@@ -563,6 +563,14 @@ TEST_F(SnapshotCorruption, EveryStructureFlipIsCaught) {
       {"bloom_blocks", kHBloomBlocks, 8},
       {"sums_off", kHSumsOff, 8},
       {"sums checksum", kHSumsChecksum, 8},
+      {"root mode", kHRootMode, 4},
+      {"root uid", kHRootUid, 4},
+      {"root gid", kHRootGid, 4},
+      {"root subdirs", kHRootSubdirs, 4},
+      {"root mtime", kHRootMtime, 8},
+      {"root ctime", kHRootCtime, 8},
+      {"root atime", kHRootAtime, 8},
+      {"root version", kHRootVersion, 8},
       {"header checksum", kHHeaderChecksum, 8},
   };
   for (const auto& f : kFields) {
@@ -592,10 +600,11 @@ TEST_F(SnapshotCorruption, EveryStructureFlipIsCaught) {
     add(who + "mode", r->meta_off);
     add(who + "uid", r->meta_off + 4);
     add(who + "gid", r->meta_off + 8);
-    add(who + "zero after gid", r->meta_off + 12);
-    add(who + "mtime", r->meta_off + 16);
-    add(who + "ctime", r->meta_off + 24);
-    add(who + "version", r->meta_off + 32);
+    add(who + "subdirs", r->meta_off + kMSubdirs);
+    add(who + "mtime", r->meta_off + kMMtime);
+    add(who + "ctime", r->meta_off + kMCtime);
+    add(who + "version", r->meta_off + kMVersion);
+    add(who + "atime", r->meta_off + kMAtime);
     if (r->vlen > 0) {
       add(who + "first value byte", r->value_off);
       add(who + "middle value byte", r->value_off + r->vlen / 2);
@@ -909,7 +918,12 @@ TEST_F(SnapshotCorruption, ResealedBadHeadersAreRejectedByOpen) {
     bool u32 = false;
   };
   const std::vector<Case> cases = {
-      {"format version 2", kHVersion, 2, true},
+      {"format version 3", kHVersion, 3, true},
+      // A version-2 header read as version 1 has the wrong header size for it.
+      {"format version 1", kHVersion, 1, true},
+      {"format version 0", kHVersion, 0, true},
+      {"header size 128 (version 1's)", kHHeaderSize, kSnapHeaderSizeV1, true},
+      {"root mode 010000", kHRootMode, 010000, true},
       {"header size 4096", kHHeaderSize, 4096, true},
       {"file size + 1", kHFileSize, L.size + 1},
       {"records offset 0", kHRecordsOff, 0},
@@ -1028,6 +1042,19 @@ TEST_F(SnapshotCorruption, ResealedDamageIsCaughtByVerify) {
          std::memcpy(b + f17.off + kRecordFixed, f1.key.data(), f1.klen);
        }},
       {"mode 0170644", false, [&](uint8_t* b) { Store32(b + f1.meta_off, 0170644); }},
+      // Child directory counts: stored, so a lie is consistent and only verify sees it.
+      {"directory subdirs + 1", false,
+       [&](uint8_t* b) {
+         Store32(b + etc.meta_off + kMSubdirs, Load32(b + etc.meta_off + kMSubdirs) + 1);
+       }},
+      {"file with subdirs", false, [&](uint8_t* b) { Store32(b + f1.meta_off + kMSubdirs, 1); }},
+      {"root subdirs + 1", false,
+       [&](uint8_t* b) { Store32(b + kHRootSubdirs, Load32(b + kHRootSubdirs) + 1); }},
+      {"root subdirs 0", false, [&](uint8_t* b) { Store32(b + kHRootSubdirs, 0); }},
+      {"record version past the generation", false,
+       [&](uint8_t* b) { Store64(b + f1.meta_off + kMVersion, Load64(b + kHGeneration) + 1); }},
+      {"root version past the generation", false,
+       [&](uint8_t* b) { Store64(b + kHRootVersion, Load64(b + kHGeneration) + 1); }},
       {"file turned into a directory with a value", false,
        [&](uint8_t* b) { b[f1.off + 4] = static_cast<uint8_t>(EntryType::kDir); }},
       {"parent directory turned into a file", false,
@@ -1089,8 +1116,8 @@ TEST_F(SnapshotCorruption, ResealedSlotIntoAValueIsCaughtByVerify) {
     Store64(p + 8, value.size());
     std::memcpy(p + kRecordFixed, key.data(), key.size());
     uint8_t* m = p + kRecordFixed + Align8(key.size());
-    Store32(m, 0644);
-    Store64(m + 32, 2);
+    Store32(m + kMMode, 0644);
+    Store64(m + kMVersion, 2);
     std::memcpy(m + kMetaSize, value.data(), value.size());
     return r;
   };
@@ -1154,7 +1181,7 @@ TEST_F(SnapshotCorruption, ResealedSlotIntoAValueIsCaughtByVerify) {
   }
 }
 
-// FORMAT.md §2: record padding (after the key, after gid, after the value) and the gaps
+// FORMAT.md §2: record padding (after the key, after the value) and the gaps
 // between sections are zero, and §2.7 says verify checks the padding. A byte flip there is
 // caught by the chunk checksums (see the tests above), but a resealed file with nonzero
 // padding passes VerifyStore.
@@ -1171,7 +1198,6 @@ TEST_F(SnapshotCorruption, ResealedNonzeroPaddingIsCaughtByVerify) {
   ASSERT_NE(odd, nullptr);
   std::vector<std::pair<std::string, uint64_t>> where = {
       {"key padding", odd->off + kRecordFixed + odd->klen},
-      {"zero after gid", odd->meta_off + 12},
       {"value padding", odd->value_off + odd->vlen},
   };
   if (L.slots_off > L.sorted_end()) where.emplace_back("gap after sorted index", L.sorted_end());

@@ -66,13 +66,14 @@ subcommands:
   list STORE [PREFIX]   print the keys that start with PREFIX, sorted bytewise,
                         one a line; directories end in '/'
   import STORE DIR      copy every file, directory and symlink below DIR into the
-                        store in one atomic commit, keeping modes, owners, mtimes
-                        and symlinks; keys not in DIR stay
+                        store in one atomic commit, keeping modes, owners, atimes,
+                        mtimes and symlinks; keys not in DIR stay
   export STORE DIR      write the store below DIR, which must be absent or empty,
-                        keeping modes, mtimes, symlinks (and owners when run as
-                        root); never writes outside DIR
+                        keeping modes, atimes, mtimes, symlinks (and owners when
+                        run as root); never writes outside DIR
   info STORE            print engine, format version, entry counts, sizes,
-                        generation and last commit time as 'key: value' lines
+                        generation, last commit time and the root directory's
+                        mode, owner, mtime and subdirectories as 'key: value' lines
   verify STORE          check every checksum and structure; print what was
                         checked and 'ok'; exit status 0 only if the store is sound
   bench [ARGS...]       run the benchmarks: keyfs_bench ARGS (installed with
@@ -421,6 +422,18 @@ int RunInfo(const Args& a) {
   line("generation", std::to_string(st.generation));
   line("last_commit", FormatUtc(st.last_commit_ns));
   line("last_sync", FormatUtc(st.last_sync_ns));
+  // The root directory's own metadata (the mount point's mode, owner and times).
+  auto root = engine->Get("");
+  if (!root.ok()) {
+    (void)FinishOutput(out);
+    return Fail(StoreErrorText(store, root.status()));
+  }
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", root->meta.mode);
+  line("root_mode", mode);
+  line("root_owner", std::to_string(root->meta.uid) + ":" + std::to_string(root->meta.gid));
+  line("root_mtime", FormatUtc(root->meta.mtime_ns));
+  line("root_subdirs", std::to_string(root->meta.subdirs));
   for (const auto& [k, v] : st.extra) line(k, v);
   return FinishOutput(out);
 }

@@ -20,18 +20,20 @@ namespace {
 
 constexpr int64_t kNsPerSec = 1'000'000'000;
 
-// {atime: untouched, mtime: mtime_ns}, for futimens/utimensat.
-struct MtimeOnly {
-  explicit MtimeOnly(int64_t ns) {
+// {atime, mtime} of an entry, for futimens/utimensat.
+struct Times {
+  explicit Times(const Meta& m) {
+    Set(&times[0], m.atime_ns);
+    Set(&times[1], m.mtime_ns);
+  }
+  static void Set(struct timespec* t, int64_t ns) {
     int64_t sec = ns / kNsPerSec, rem = ns % kNsPerSec;
     if (rem < 0) {  // floor, for times before 1970
       rem += kNsPerSec;
       --sec;
     }
-    times[0].tv_sec = 0;
-    times[0].tv_nsec = UTIME_OMIT;
-    times[1].tv_sec = static_cast<time_t>(sec);
-    times[1].tv_nsec = static_cast<long>(rem);
+    t->tv_sec = static_cast<time_t>(sec);
+    t->tv_nsec = static_cast<long>(rem);
   }
   struct timespec times[2];
 };
@@ -108,7 +110,7 @@ class TreeExporter {
       return Failure(ErrnoText(PathOf(key), errno));
     }
     if (::fchmod(fd, meta.mode & 07777) != 0) return Failure(ErrnoText(PathOf(key), errno));
-    MtimeOnly t(meta.mtime_ns);
+    Times t(meta);
     if (::futimens(fd, t.times) != 0) return Failure(ErrnoText(PathOf(key), errno));
     return Status::OK();
   }
@@ -157,8 +159,8 @@ class TreeExporter {
         errno != EPERM) {
       return Failure(ErrnoText(PathOf(key), errno));
     }
-    // A symlink's own mode cannot be set on Linux; its mtime can.
-    MtimeOnly t(rec.meta.mtime_ns);
+    // A symlink's own mode cannot be set on Linux; its times can.
+    Times t(rec.meta);
     if (::utimensat(dfd, name.c_str(), t.times, AT_SYMLINK_NOFOLLOW) != 0) {
       return Failure(ErrnoText(PathOf(key), errno));
     }

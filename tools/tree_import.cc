@@ -26,7 +26,8 @@ Meta MetaOf(const struct stat& st, EntryType type) {
   m.uid = st.st_uid;
   m.gid = st.st_gid;
   m.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
-  return m;  // ctime 0: the engine stamps the commit time
+  m.atime_ns = int64_t{st.st_atim.tv_sec} * 1'000'000'000 + st.st_atim.tv_nsec;
+  return m;  // the engine stamps the ctime with the commit time
 }
 
 const char* KindOf(mode_t mode) {

@@ -76,14 +76,19 @@ using ListFn = std::function<bool(const DirEntry&)>;
 // Rename flags, the semantics of renameat2(2).
 enum RenameFlags : uint32_t { kRenameNone = 0, kRenameNoReplace = 1, kRenameExchange = 2 };
 
-// One mutation of a Batch. Keys are validated at commit (see ValidateKey).
+// One mutation of a Batch. Keys are validated at commit (see ValidateKey). A new key whose
+// first component is ".keyfs" (the mount's control directory) is InvalidArgument, and so
+// is a rename onto one; a Put of a value over kMaxValueSize is TooLarge. A new entry, a
+// deletion or a rename sets the mtime and ctime of the directories it changes (the root
+// included) to the commit's time; overwriting a value or SetMeta does not.
 struct Mutation {
   enum class Op : uint8_t {
     kPut,      // file or symlink (meta.type); replaces a file/symlink; IsDirectory on a dir
     kMkdir,    // AlreadyExists if present, unless exist_ok (then only the meta is updated)
     kDelete,   // file, symlink or empty directory; NotFound / NotEmpty
-    kSetMeta,  // mode/uid/gid/atime/mtime of an existing entry ("" = the root); its type
-               // and value stay
+    kSetMeta,  // mode/uid/gid/atime/mtime of an existing entry ("" = the root: the only
+               // mutation the root takes, others of "" are InvalidArgument); its type,
+               // value and subdirs stay
     kRename,   // key or whole directory subtree to `target`, atomically
   };
   Op op = Op::kPut;
@@ -146,9 +151,11 @@ struct EngineStats {
 };
 
 // Reported after the served table changes. `changed` lists every key added, removed or
-// modified (renamed subtrees included), and every directory whose metadata changed because
-// entries were added to or removed from it: "" when it is the root. Listeners use it to
-// invalidate caches.
+// modified (renamed subtrees included), and every directory whose metadata changed (its
+// times and child count, because entries were added to, removed from or renamed in or out
+// of it): "" when it is the root, whose SetMeta is listed the same way. For a change by
+// another process (external), the keys whose version differs and "" when the root's
+// metadata differs. Listeners use it to invalidate caches.
 struct ChangeEvent {
   uint64_t old_generation = 0;
   uint64_t new_generation = 0;

@@ -42,12 +42,20 @@ class SnapshotTable {
   SnapshotTable& operator=(const SnapshotTable&) = delete;
 
   // Point lookup. OK and *out filled if found; NotFound; Corruption if a structure it
-  // touched is damaged.
+  // touched is damaged. (A version-1 table stores no atime, which reads as the mtime, and
+  // no count of child directories, which a directory's lookup then counts: O(children).)
   Status Find(std::string_view key, EntryRef* out) const;
 
   // Number of entries and the entry at sorted position i (0 <= i < entry_count()).
   uint64_t entry_count() const { return entry_count_; }
   Status At(uint64_t i, EntryRef* out) const;
+
+  // The root directory's metadata (stored in the header; for a version-1 table: mode 0755,
+  // owner 0:0, every time the commit time, child directories counted) and version.
+  StatusOr<Meta> RootMeta() const;
+  uint64_t root_version() const { return root_version_; }
+  // The number of child directories of `dir` ("" = root), counted from the records.
+  StatusOr<uint32_t> CountChildDirs(std::string_view dir) const;
   // The first sorted position whose key is >= key (entry_count() if none).
   StatusOr<uint64_t> LowerBound(std::string_view key) const;
 
@@ -60,6 +68,8 @@ class SnapshotTable {
   // parent is a directory). OK only if all hold.
   Status VerifyAll(std::vector<std::string>* report) const;
 
+  // The version of the file's format (1 or 2); tables are written in the newest only.
+  uint32_t format_version() const { return format_version_; }
   uint64_t generation() const { return generation_; }
   int64_t commit_time_ns() const { return commit_time_ns_; }
   uint64_t file_size() const { return size_; }
@@ -80,6 +90,16 @@ class SnapshotTable {
   Status Check(uint64_t off, uint64_t len, const char* what) const;
   Status VerifyChunk(uint64_t chunk) const;
   bool BloomMayContain(uint64_t h) const;
+  template <bool kRaw>
+  Status FindImpl(std::string_view key, EntryRef* out) const;
+  // Find and At as stored: a version-1 directory's subdirs is 0.
+  Status FindRaw(std::string_view key, EntryRef* out) const;
+  Status AtRaw(uint64_t i, EntryRef* out) const;
+  // Counts a version-1 directory's child directories into out->meta.subdirs.
+  Status FillLegacy(EntryRef* out) const;
+  // Calls fn for each immediate child of `dir` after `start_after`, as stored.
+  Status ForEachChild(std::string_view dir, std::string_view start_after,
+                      const std::function<bool(const EntryRef&)>& fn) const;
   Status FindSlow(uint64_t roff, std::string_view key, EntryRef* out) const;
   Status DecodeRecord(uint64_t off, EntryRef* out) const;
   Status Corrupt(const char* what, uint64_t off) const;
@@ -90,6 +110,14 @@ class SnapshotTable {
   uint64_t size_ = 0;
   dev_t dev_ = 0;
   ino_t ino_ = 0;
+  uint32_t format_version_ = 0;
+  uint32_t header_size_ = 0;
+  uint32_t meta_size_ = 0;  // of a record's metadata: 40 (v1) or 48
+  // Where a record's atime is, from its metadata: v1 has none, so it is the mtime's.
+  uint32_t atime_off_ = 0;
+  bool legacy_ = false;  // v1: directories' child counts are not stored
+  Meta root_;            // v2: from the header
+  uint64_t root_version_ = 0;
   uint64_t generation_ = 0;
   int64_t commit_time_ns_ = 0;
   uint64_t entry_count_ = 0;
