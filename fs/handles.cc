@@ -29,4 +29,19 @@ WriteHandle* WriterRegistry::Find(uint64_t node, pid_t pid) {
   return nullptr;
 }
 
+WriteHandle* WriterRegistry::FindLastChanged(uint64_t node, pid_t pid) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = by_node_.find(node);
+  if (it == by_node_.end()) return nullptr;
+  WriteHandle* best = nullptr;
+  for (auto h = it->second.rbegin(); h != it->second.rend(); ++h) {
+    if ((*h)->pid != pid) continue;
+    if (best == nullptr || (*h)->last_change.load(std::memory_order_relaxed) >
+                               best->last_change.load(std::memory_order_relaxed)) {
+      best = *h;
+    }
+  }
+  return best != nullptr ? static_cast<WriteHandle*>(Ref(best)) : nullptr;
+}
+
 }  // namespace keyfs::fs

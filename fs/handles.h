@@ -42,15 +42,16 @@ struct WriteHandle final : Handle {
   bool append = false;  // O_APPEND: every write lands at the end of buf
   std::mutex mu;        // guards the fields below
   std::string buf;
-  bool dirty = false;                 // written since the last commit
-  bool truncated = false;             // size changed since the last commit
-  bool drop_privs = false;            // written by someone without root's privilege: the
-                                      // commit clears setuid/setgid (WithoutPrivs)
-  bool writer_in_group = true;        // ... and whether that writer is in the file's group
-  uint64_t edits = 0;                 // bumps on every change, to tell if a commit covered them
-  Meta create_meta;                   // for a file this handle created
-  int64_t explicit_mtime = kTimeNow;  // set by utimens after the last write: the commit keeps it
-  uint64_t write_owner = 0;           // lock_owner (the writer's file table) of the last WRITE
+  bool dirty = false;                    // written since the last commit
+  bool truncated = false;                // size changed since the last commit
+  bool drop_privs = false;               // written by someone without root's privilege: the
+                                         // commit clears setuid/setgid (WithoutPrivs)
+  bool writer_in_group = true;           // ... and whether that writer is in the file's group
+  uint64_t edits = 0;                    // bumps on every change, to tell if a commit covered them
+  std::atomic<uint64_t> last_change{0};  // WriterRegistry::Changed() order of its last change
+  Meta create_meta;                      // for a file this handle created
+  int64_t explicit_mtime = kTimeNow;     // set by utimens after the last write: the commit keeps it
+  uint64_t write_owner = 0;              // lock_owner (the writer's file table) of the last WRITE
 };
 
 // A directory listing: where the next readdir continues (a cursor, not a rescan).
@@ -87,12 +88,21 @@ class WriterRegistry {
   void Add(WriteHandle* h);
   void Remove(WriteHandle* h);
   // The newest write handle that thread `pid` opened on `node`, with a reference the caller
-  // drops (Unref); nullptr if none.
+  // drops (Unref); nullptr if none. (A handle-less SETATTR follows the open it belongs to.)
   WriteHandle* Find(uint64_t node, pid_t pid);
+  // The write handle of thread `pid` on `node` changed last (what fstat shows when a
+  // program writes through one of several descriptors), referenced; nullptr if none.
+  WriteHandle* FindLastChanged(uint64_t node, pid_t pid);
+  // Marks `h` as the handle changed last.
+  void Changed(WriteHandle* h) {
+    h->last_change.store(clock_.fetch_add(1, std::memory_order_relaxed) + 1,
+                         std::memory_order_relaxed);
+  }
 
  private:
   std::mutex mu_;
   std::unordered_map<uint64_t, std::vector<WriteHandle*>> by_node_;
+  std::atomic<uint64_t> clock_{0};
 };
 
 }  // namespace keyfs::fs

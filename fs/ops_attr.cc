@@ -21,7 +21,7 @@ int Filesystem::Impl::DoGetAttr(const Caller& c, uint64_t ino, uint64_t fh, stru
   if (writer != nullptr) {
     Ref(writer);
   } else {
-    writer = writers.Find(ino, c.pid);
+    writer = writers.FindLastChanged(ino, c.pid);
   }
   Node copy;
   bool found = table.WithNode(ino, [&](Node& n) {
@@ -68,6 +68,36 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
                         FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
                         FUSE_SET_ATTR_MTIME_NOW;
   if (set_size && type != EntryType::kFile) return type == EntryType::kDir ? EISDIR : EINVAL;
+  bool unlinked = false;
+  Meta node_meta;
+  table.WithNode(ino, [&](Node& n) {
+    unlinked = n.unlinked;
+    node_meta = n.rec.meta;
+  });
+  if (unlinked) {
+    // Unlinked while open (fchmod, ftruncate of the descriptor): nothing is committed;
+    // the open file changes until it is closed, as on any filesystem.
+    Meta meta = node_meta;
+    if (a.to_set & meta_bits) {
+      if (int err = PlanMetaChange(c, node_meta, a, NowNs(), &meta)) return err;
+    }
+    if (set_size && wh != nullptr) {
+      if (int err = write_path.Resize(wh, c, size)) return err;
+      writers.Changed(wh);
+    }
+    uint64_t node_ino = 0, shown_size = 0;
+    table.WithNode(ino, [&](Node& n) {
+      n.rec.meta = meta;
+      node_ino = n.ino;
+      shown_size = n.rec.value.size();
+    });
+    if (wh != nullptr) {
+      std::lock_guard<std::mutex> l(wh->mu);
+      shown_size = wh->buf.size();
+    }
+    FillAttr(node_ino, meta, shown_size, true, st);
+    return 0;
+  }
   auto cur = engine->Get(key);
   if (!cur.ok()) return StatusToErrno(cur.status());
   Meta meta = cur->meta;
@@ -76,6 +106,7 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
   }
   if (set_size && wh != nullptr) {
     if (int err = write_path.Resize(wh, c, size)) return err;
+    writers.Changed(wh);
   } else if (set_size) {
     // truncate(2) with no write handle of the caller: a commit of its own, metadata with it.
     if (WriteDropsPrivs(c)) meta.mode = WithoutPrivs(meta.mode, c.InGroup(meta.gid));
@@ -98,7 +129,6 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
   auto rec = engine->Get(key);
   if (!rec.ok()) return StatusToErrno(rec.status());
   uint64_t node_ino = 0;
-  bool unlinked = false;
   table.WithNode(ino, [&](Node& n) {
     node_ino = n.ino;
     unlinked = n.unlinked;
@@ -208,6 +238,7 @@ void Filesystem::Impl::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr
   if (to_set == FUSE_SET_ATTR_SIZE && wh != nullptr) {
     // open(O_TRUNC) or ftruncate on a write handle: its private copy only, no commit.
     int err = write_path.Resize(wh, c, size);
+    if (err == 0) writers.Changed(wh);
     if (err == 0) {
       struct stat st;
       double t;

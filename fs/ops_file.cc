@@ -214,8 +214,14 @@ void Filesystem::Impl::Write(fuse_req_t req, const char* buf, size_t size, off_t
     fuse_reply_err(req, EBADF);
     return;
   }
-  int err =
-      write_path.Write(static_cast<WriteHandle*>(h), CallerOf(req), buf, size, off, fi->lock_owner);
+  auto* w = static_cast<WriteHandle*>(h);
+  bool need_groups = false;
+  if (fuse_req_ctx(req)->uid != 0) {
+    std::lock_guard<std::mutex> l(w->mu);
+    need_groups = PrivsNeedGroups(w->create_meta.mode);
+  }
+  int err = write_path.Write(w, CallerOf(req, need_groups), buf, size, off, fi->lock_owner);
+  if (err == 0) writers.Changed(w);
   if (err) {
     fuse_reply_err(req, err);
   } else {

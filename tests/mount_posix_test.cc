@@ -1084,6 +1084,48 @@ TEST_P(PosixMountTest, FstatAfterUnlinkReportsNoLinks) {
 // Defect 11: a directory's st_nlink is 2 + its subdirectories (files and symlinks do not
 // count), in the root too (where the unlisted .keyfs does not count either); rmdir and a rename
 // between two parents adjust both; the counts persist.
+// Found by stress-ng's sync-file stressor: it unlinks its open file, then ftruncates and
+// syncs the descriptor. A file unlinked while open keeps working until it is closed, and
+// nothing of it is committed.
+TEST_P(PosixMountTest, FtruncateFchmodAndFsyncOfAFileUnlinkedWhileOpen) {
+  int fd = open(P("gone").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0) << Err(errno);
+  ASSERT_EQ(write(fd, "abc", 3), 3);
+  ASSERT_EQ(unlink(P("gone").c_str()), 0) << Err(errno);
+  EXPECT_EQ(ftruncate(fd, 10), 0) << Err(errno);
+  EXPECT_EQ(fchmod(fd, 0600), 0) << Err(errno);
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0) << Err(errno);
+  EXPECT_EQ(st.st_size, 10);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_nlink, 0u);
+  EXPECT_EQ(PreadAll(fd), std::string("abc") + std::string(7, '\0'));
+  EXPECT_EQ(fsync(fd), 0) << Err(errno);
+  EXPECT_EQ(close(fd), 0) << Err(errno);
+  EXPECT_FALSE(Exists(P("gone"))) << "an unlinked file's data is never committed";
+}
+
+// Found by stress-ng's readahead stressor: a program holding two descriptors of one file
+// writes through one; fstat and stat by that program show the size it wrote, so offsets
+// computed from it are right.
+TEST_P(PosixMountTest, FstatSeesWritesThroughAnotherDescriptorOfTheSameFile) {
+  int a = open(P("two").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(a, 0) << Err(errno);
+  int b = open(P("two").c_str(), O_WRONLY);
+  ASSERT_GE(b, 0) << Err(errno);
+  const std::string data(100000, 'd');
+  ASSERT_EQ(write(a, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  struct stat st;
+  ASSERT_EQ(fstat(a, &st), 0);
+  EXPECT_EQ(st.st_size, 100000) << "fstat of the descriptor written";
+  ASSERT_EQ(fstat(b, &st), 0);
+  EXPECT_EQ(st.st_size, 100000) << "fstat of the other descriptor";
+  EXPECT_EQ(Lstat(P("two")).st_size, 100000) << "stat by the writing process";
+  EXPECT_EQ(close(b), 0);
+  EXPECT_EQ(close(a), 0);
+  EXPECT_EQ(Cat(P("two")), data);
+}
+
 TEST_P(PosixMountTest, DirectoryLinkCountIsTwoPlusItsSubdirectories) {
   for (const char* d : {"a", "a/x", "a/y"}) ASSERT_EQ(mkdir(P(d).c_str(), 0755), 0);
   ASSERT_EQ(WriteFile(P("a/f"), "v"), 0);
