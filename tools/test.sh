@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# README's test command: install what is needed, build, run the whole test suite, then
-# the store and tool tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# README's test command: install what is needed, build, run the whole test suite, stress-ng's
+# filesystem stressors on a mount of each engine, then the store and tool tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
 tools/build.sh
 (cd build && ctest --output-on-failure -j"$(nproc)" --timeout 900)
+if [ "${KEYFS_SKIP_STRESS:-0}" != 1 ]; then
+  tools/stress.sh
+fi
 if [ "${KEYFS_SKIP_SANITIZERS:-0}" != 1 ]; then
   KEYFS_BUILD_DIR=build-asan tools/build.sh -DKEYFS_SANITIZE='address;undefined' \
     -DKEYFS_BUILD_BENCHMARKS=OFF -DKEYFS_BUILD_MOUNT_TESTS=OFF
