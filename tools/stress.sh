@@ -71,48 +71,9 @@ mkdir -p "$mnt" "$out" || die "cannot create $mnt or $out"
 daemon=   # keyfs runs with -f in its own session, so we know its pid and can wait for it
 child=    # stress-ng's session
 
-is_mounted() { grep -qs " $mnt fuse" /proc/self/mounts; }
-
-mount_store() {  # ENGINE LOG
-  rm -rf "$work"/store*
-  setsid "$keyfs" "$work/store" "$mnt" -f -o "$mount_opts,engine=$1" >"$2" 2>&1 &
-  daemon=$!
-  local i
-  for ((i = 0; i < 100; i++)); do
-    is_mounted && return 0
-    kill -0 "$daemon" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$2" >&2
-  die "cannot mount a $1 store at $mnt with $keyfs"
-}
-
-unmount() {  # then waits for the daemon to finish writing the store and exit
-  local i
-  if is_mounted; then
-    for ((i = 0; i < 10; i++)); do
-      fusermount3 -u "$mnt" 2>/dev/null && break
-      sleep 0.5
-    done
-    if is_mounted; then
-      echo "stress.sh: $mnt busy, unmounting lazily" >&2
-      fusermount3 -u -z "$mnt"
-    fi
-  fi
-  [ -n "$daemon" ] || return 0
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$daemon" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$daemon" 2>/dev/null; then
-    echo "stress.sh: keyfs (pid $daemon) did not exit after unmounting; killing it" >&2
-    kill -TERM "$daemon"
-    sleep 1
-    kill -KILL "$daemon" 2>/dev/null
-  fi
-  wait "$daemon" 2>/dev/null
-  daemon=
-}
+# shellcheck source=tools/mount_lib.sh
+. "$here/tools/mount_lib.sh"
+tag=stress.sh
 
 cleanup() {
   trap - EXIT INT TERM HUP
