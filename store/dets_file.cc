@@ -782,12 +782,9 @@ StatusOr<uint32_t> DetsFile::CountChildDirs(std::string_view dir) const {
 
 StatusOr<Meta> DetsFile::RootMeta() const {
   if (!legacy_) return root_;
-  Meta m = Meta::Dir(0755);
-  m.mtime_ns = m.ctime_ns = m.atime_ns = sync_time_ns_;
   auto n = CountChildDirs("");
   if (!n.ok()) return n.status();
-  m.subdirs = *n;
-  return m;
+  return format::LegacyRootMeta(sync_time_ns_, *n);
 }
 
 Status DetsFile::VerifyAll(std::vector<std::string>* report) const {

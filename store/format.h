@@ -11,6 +11,8 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "keyfs/store/engine.h"
+
 namespace keyfs::format {
 
 static_assert(std::endian::native == std::endian::little, "formats are little-endian");
@@ -263,6 +265,15 @@ inline size_t GetVarint(const uint8_t* p, const uint8_t* end, uint64_t* v) {
     }
   }
   return 0;
+}
+
+// The root directory a version-1 file (which stored none) stands for: 0755, owned by root,
+// dated by the file's commit time, with `subdirs` counted from the file (FORMAT.md 2.9, 3.10).
+inline Meta LegacyRootMeta(int64_t time_ns, uint32_t subdirs) {
+  Meta m = Meta::Dir(0755);
+  m.mtime_ns = m.ctime_ns = m.atime_ns = time_ns;
+  m.subdirs = subdirs;
+  return m;
 }
 
 }  // namespace keyfs::format

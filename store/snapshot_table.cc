@@ -279,12 +279,9 @@ StatusOr<uint32_t> SnapshotTable::CountChildDirs(std::string_view dir) const {
 
 StatusOr<Meta> SnapshotTable::RootMeta() const {
   if (!legacy_) return root_;
-  Meta m = Meta::Dir(0755);
-  m.mtime_ns = m.ctime_ns = m.atime_ns = commit_time_ns_;
   auto n = CountChildDirs("");
   if (!n.ok()) return n.status();
-  m.subdirs = *n;
-  return m;
+  return format::LegacyRootMeta(commit_time_ns_, *n);
 }
 
 // The record at `roff` (its header already bounds-checked) if its key is `key`, with every
