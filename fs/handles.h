@@ -42,12 +42,14 @@ struct WriteHandle final : Handle {
   bool append = false;  // O_APPEND: every write lands at the end of buf
   std::mutex mu;        // guards the fields below
   std::string buf;
-  bool dirty = false;                    // written since the last commit
-  bool truncated = false;                // size changed since the last commit
-  bool drop_privs = false;               // written by someone without root's privilege: the
-                                         // commit clears setuid/setgid (WithoutPrivs)
-  bool writer_in_group = true;           // ... and whether that writer is in the file's group
-  uint64_t edits = 0;                    // bumps on every change, to tell if a commit covered them
+  bool dirty = false;       // written since the last commit
+  bool truncated = false;   // size changed since the last commit
+  bool drop_privs = false;  // written by someone without root's privilege: the
+                            // commit clears setuid/setgid (WithoutPrivs)
+  bool writer_in_group = true;
+  bool privs_dropped = false;  // DropPrivs committed the mode without setuid/setgid           //
+                               // ... and whether that writer is in the file's group
+  uint64_t edits = 0;          // bumps on every change, to tell if a commit covered them
   std::atomic<uint64_t> last_change{0};  // WriterRegistry::Changed() order of its last change
   Meta create_meta;                      // for a file this handle created
   int64_t explicit_mtime = kTimeNow;     // set by utimens after the last write: the commit keeps it

@@ -220,13 +220,34 @@ void Filesystem::Impl::Write(fuse_req_t req, const char* buf, size_t size, off_t
     std::lock_guard<std::mutex> l(w->mu);
     need_groups = PrivsNeedGroups(w->create_meta.mode);
   }
-  int err = write_path.Write(w, CallerOf(req, need_groups), buf, size, off, fi->lock_owner);
-  if (err == 0) writers.Changed(w);
-  if (err) {
-    fuse_reply_err(req, err);
-  } else {
-    fuse_reply_write(req, size);
+  const Caller c = CallerOf(req, need_groups);
+  const uint64_t lock_owner = fi->lock_owner;
+  auto write = [this, req, w, c, off, lock_owner](const char* data, size_t n) {
+    int err = write_path.Write(w, c, data, n, off, lock_owner);
+    if (err == 0) writers.Changed(w);
+    if (err) {
+      fuse_reply_err(req, err);
+    } else {
+      fuse_reply_write(req, n);
+    }
+  };
+  if (write_path.MustDropPrivs(w, c)) {
+    // The first write by someone else to a setuid/setgid file commits the mode without
+    // them first (a commit: on a worker), and tells the kernel the attributes changed.
+    Ref(w);
+    Async(req, [this, req, w, c, write, data = std::string(buf, size)] {
+      int err = write_path.DropPrivs(w, c);
+      if (err == 0) {
+        invalidator.InvalidateNode(w->node);
+        write(data.data(), data.size());
+      } else {
+        fuse_reply_err(req, err);
+      }
+      Unref(w);
+    });
+    return;
   }
+  write(buf, size);
 }
 
 void Filesystem::Impl::Flush(fuse_req_t req, fuse_file_info* fi) {

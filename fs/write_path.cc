@@ -47,6 +47,45 @@ int WritePath::Write(WriteHandle* h, const Caller& c, const char* data, size_t s
   return 0;
 }
 
+bool WritePath::MustDropPrivs(WriteHandle* h, const Caller& c) {
+  if (!WriteDropsPrivs(c)) return false;
+  std::lock_guard<std::mutex> l(h->mu);
+  return !h->privs_dropped && (h->create_meta.mode & (S_ISUID | S_ISGID));
+}
+
+int WritePath::DropPrivs(WriteHandle* h, const Caller& c) {
+  std::string key;
+  bool unlinked = false;
+  table_->WithNode(h->node, [&](Node& n) {
+    key = n.key;
+    unlinked = n.unlinked;
+  });
+  Meta meta;
+  {
+    std::lock_guard<std::mutex> l(h->mu);
+    meta = h->create_meta;
+  }
+  const bool in_group = c.InGroup(meta.gid);
+  if (!unlinked) {
+    auto cur = engine_->Get(key);
+    if (!cur.ok()) return StatusToErrno(cur.status());
+    meta = cur->meta;
+    const uint32_t mode = WithoutPrivs(meta.mode, in_group);
+    if (mode != meta.mode) {
+      meta.mode = mode;
+      Status s = CommitBatch(Batch().SetMeta(key, meta));
+      if (!s.ok()) return StatusToErrno(s);
+    }
+  } else {
+    meta.mode = WithoutPrivs(meta.mode, in_group);
+  }
+  table_->WithNode(h->node, [&](Node& n) { n.rec.meta.mode = meta.mode; });
+  std::lock_guard<std::mutex> l(h->mu);
+  h->create_meta.mode = meta.mode;
+  h->privs_dropped = true;
+  return 0;
+}
+
 int WritePath::Resize(WriteHandle* h, const Caller& c, int64_t size) {
   if (size < 0) return EINVAL;
   if (int err = CheckSize(static_cast<uint64_t>(size))) return err;

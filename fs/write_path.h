@@ -34,6 +34,13 @@ class WritePath {
   // 0, or EFBIG past kMaxValueSize, EINVAL for a negative offset.
   int Write(WriteHandle* h, const Caller& c, const char* data, size_t size, off_t off,
             uint64_t lock_owner);
+  // Whether a write by `c` must first take setuid/setgid away from the file (it has them,
+  // and this handle has not done it yet): then DropPrivs before the write.
+  bool MustDropPrivs(WriteHandle* h, const Caller& c);
+  // Commits the file's mode without setuid/setgid (WithoutPrivs) at once, as Linux
+  // changes the mode at the write, not at close. 0 or an errno.
+  int DropPrivs(WriteHandle* h, const Caller& c);
+
   // Sets the copy's size (ftruncate, open with O_TRUNC). 0, or EFBIG / EINVAL.
   int Resize(WriteHandle* h, const Caller& c, int64_t size);
 

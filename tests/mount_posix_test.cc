@@ -899,6 +899,26 @@ TEST_P(PosixMountTest, WriteByANonOwnerClearsSetuidAndSetgid) {
 
 // Defect 8: truncate by a writer who is not the owner (nor root) succeeds and clears setuid
 // (and setgid with group-exec): truncate(1), and a shell's `>` (open O_TRUNC, then write).
+// pjdfstest chmod/12 3, 7, 11: the mode changes at the write, not at close: the writer's
+// own fstat before close, and everyone else's stat, show it without setuid/setgid.
+TEST_P(PosixMountTest, WriteByANonOwnerClearsSetuidAtTheWriteNotAtClose) {
+  ASSERT_NO_FATAL_FAILURE(MountForOtherUsers());
+  ASSERT_EQ(WriteFile(P("w/s"), "data"), 0);
+  ASSERT_EQ(chmod(P("w/s").c_str(), 06777), 0);
+  CommandResult r = AsUser(65534, 65534,
+                           "exec python3 -c \"import os,sys\n"
+                           "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+                           "os.write(fd, b'x')\n"
+                           "print(oct(os.fstat(fd).st_mode & 0o7777))\n"
+                           "sys.stdout.flush()\n"
+                           "import time; time.sleep(3)\n"
+                           "os.close(fd)\" \"$MNT/w/s\" & "
+                           "sleep 1; stat -c %a \"$MNT/w/s\"; kill $! 2>/dev/null; wait");
+  EXPECT_EQ(r.out, "0o777\n777\n") << r.err
+                                   << "fstat by the writer before close, then stat by "
+                                      "another process while the file is still open";
+}
+
 TEST_P(PosixMountTest, TruncateByANonOwnerClearsSetuidAndSetgid) {
   ASSERT_NO_FATAL_FAILURE(MountForOtherUsers());
   struct Case {
