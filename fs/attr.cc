@@ -82,13 +82,15 @@ int PlanMetaChange(const Caller& c, const Meta& cur, const AttrRequest& a, int64
   Meta m = cur;
   if (a.to_set & FUSE_SET_ATTR_MODE) {
     const uint32_t mode = a.mode & 07777;
-    const bool only_drops_privs = mode == (cur.mode & 07777 & ~uint32_t{S_ISUID | S_ISGID}) ||
-                                  mode == (cur.mode & 07777 & ~uint32_t{S_ISUID}) ||
-                                  mode == (cur.mode & 07777 & ~uint32_t{S_ISGID});
+    // What the kernel sends with a truncate or chown by someone else: the same mode
+    // without setuid and/or setgid. Nothing else may be changed by a non-owner.
+    const uint32_t had = cur.mode & 07777;
+    const bool only_drops_privs = mode != had && (had & ~mode) == (had ^ mode) &&
+                                  ((had ^ mode) & ~uint32_t{S_ISUID | S_ISGID}) == 0;
     if (!owner && !only_drops_privs) return EPERM;
     m.mode = mode;
-    // chmod by someone outside the file's group cannot set setgid (Linux drops it).
-    if (!root && cur.type != EntryType::kDir && (m.mode & S_ISGID) && !c.InGroup(cur.gid)) {
+    // chmod by someone outside the entry's group cannot set setgid (Linux drops it).
+    if (!root && (m.mode & S_ISGID)) {
       const gid_t new_gid = (a.to_set & FUSE_SET_ATTR_GID) ? a.gid : cur.gid;
       if (!c.InGroup(new_gid)) m.mode &= ~uint32_t{S_ISGID};
     }

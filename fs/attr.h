@@ -48,8 +48,10 @@ struct AttrRequest {
 };
 
 // The metadata an entry gets from a SETATTR's mode, owner and time bits (the size is the
-// write path's business), or an errno: EPERM when `c` may not make the change. Rules
-// (Linux's, for filesystems without default_permissions as well as with it):
+// write path's business), or an errno: EPERM when `c` may not make the change. Linux's
+// ownership rules for these changes (checked here whether or not the mount has
+// default_permissions; access to open a file is the kernel's check, with
+// default_permissions):
 // - chmod: the owner or root. Anyone may clear setuid/setgid and nothing else (the kernel
 //   sends that with a truncate or chown by someone else).
 // - chown: root; the owner may only change the group to one of its groups.

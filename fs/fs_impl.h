@@ -28,8 +28,8 @@
 // Threads: libfuse's loop thread runs every handler that does not block; handlers that
 // commit or sync run on the worker pool and reply themselves; the invalidator's thread
 // sends invalidations and the replies that must follow them.
-// Lock order: WriteHandle::mu -> InodeTable -> (WriterRegistry, Invalidator): the last two
-// are leaves; no lock is held while replying to the kernel.
+// Lock order: WriteHandle::commit_mu -> WriteHandle::mu -> InodeTable -> (WriterRegistry,
+// Invalidator): the last two are leaves; no lock is held while replying to the kernel.
 #pragma once
 
 #include <fuse_lowlevel.h>
@@ -67,7 +67,12 @@ Caller CallerOf(fuse_req_t req, bool with_groups = false);
 
 struct Filesystem::Impl {
   Impl(Engine* e, Config c)
-      : engine(e), config(std::move(c)), invalidator(&table, e), write_path(e, &table, &counters) {}
+      : engine(e),
+        config(std::move(c)),
+        invalidator(&table, e),
+        write_path(
+            e, &table, &counters,
+            config.write_budget_bytes != 0 ? config.write_budget_bytes : DefaultWriteBudget()) {}
 
   Engine* const engine;
   const Config config;

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -25,22 +26,62 @@ struct Handle {
   explicit Handle(Kind k, uint64_t n) : kind(k), node(n) {}
   virtual ~Handle() = default;
   const Kind kind;
-  const uint64_t node;
+  uint64_t node;  // set once, before the handle is shared
   std::atomic<int> refs{1};
 };
 
 // A reader of one committed version, through the page cache of its node.
 struct ReadHandle final : Handle {
   explicit ReadHandle(uint64_t n) : Handle(Kind::kReader, n) {}
-  Record rec;  // the version it reads, pinned
+  Record rec;           // the version it reads, pinned
+  bool direct = false;  // through direct I/O, on a writer node (not a page-cache reader)
+};
+
+// The bytes all writers' copies may hold together: whatever sizes and offsets are asked
+// for, the daemon's memory for them stays below `limit`. Thread-safe.
+class WriteBudget {
+ public:
+  explicit WriteBudget(uint64_t limit) : limit_(limit) {}
+  // Takes `n` bytes; false (and nothing taken) if that would pass the limit.
+  bool Take(uint64_t n) {
+    uint64_t used = used_.load(std::memory_order_relaxed);
+    do {
+      if (n > limit_ - std::min(used, limit_)) return false;
+    } while (!used_.compare_exchange_weak(used, used + n, std::memory_order_relaxed));
+    return true;
+  }
+  void Give(uint64_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  uint64_t limit() const { return limit_; }
+
+ private:
+  const uint64_t limit_;
+  std::atomic<uint64_t> used_{0};
 };
 
 // A writer: a private copy of the value, committed at FLUSH/fsync/RELEASE (write_path.h).
 struct WriteHandle final : Handle {
-  explicit WriteHandle(uint64_t n) : Handle(Kind::kWriter, n) {}
-  pid_t pid = 0;        // the thread that opened it (a handle-less SETATTR names only that)
-  bool append = false;  // O_APPEND: every write lands at the end of buf
-  std::mutex mu;        // guards the fields below
+  WriteHandle(uint64_t n, WriteBudget* b) : Handle(Kind::kWriter, n), budget(b) {}
+  ~WriteHandle() override {
+    if (budget != nullptr) budget->Give(charged);
+  }
+  // Makes the copy's charge against the budget `size` bytes. False if the budget has no
+  // room for the growth. REQUIRES: mu held, or the handle not yet shared.
+  bool Charge(uint64_t size) {
+    if (budget == nullptr) return true;
+    if (size > charged && !budget->Take(size - charged)) return false;
+    if (size < charged) budget->Give(charged - size);
+    charged = size;
+    return true;
+  }
+  WriteBudget* const budget;
+  uint64_t charged = 0;  // bytes of the budget this copy holds
+  pid_t pid = 0;         // the thread that opened it (a handle-less SETATTR names only that)
+  bool append = false;   // O_APPEND: every write lands at the end of buf
+  // Held across a whole commit (copy, engine commit, clearing `dirty`), so a FLUSH and an
+  // fsync of one handle on two workers commit in order. Taken before `mu`.
+  std::mutex commit_mu;
+  std::mutex mu;  // guards the fields below
   std::string buf;
   bool dirty = false;       // written since the last commit
   bool truncated = false;   // size changed since the last commit
@@ -76,6 +117,22 @@ inline Handle* Ref(Handle* h) {
 inline void Unref(Handle* h) {
   if (h->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete h;
 }
+// Owns one reference to a handle (nullptr: none) and drops it when it goes, also when an
+// exception unwinds a job that used the handle.
+class HandleRef {
+ public:
+  explicit HandleRef(Handle* h = nullptr) : h_(h) {}
+  HandleRef(const HandleRef& o) : h_(o.h_ != nullptr ? Ref(o.h_) : nullptr) {}
+  HandleRef(HandleRef&& o) noexcept : h_(o.h_) { o.h_ = nullptr; }
+  HandleRef& operator=(const HandleRef&) = delete;
+  ~HandleRef() {
+    if (h_ != nullptr) Unref(h_);
+  }
+
+ private:
+  Handle* h_;
+};
+
 inline Handle* HandleOf(uint64_t fh) { return reinterpret_cast<Handle*>(fh); }
 // The write handle behind `fh`, or nullptr if it is not one.
 inline WriteHandle* WriterOf(uint64_t fh) {

@@ -69,8 +69,7 @@ Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
 
 uint64_t InodeTable::Acquire(const std::string& key, const Record& rec, pid_t tid) {
   std::lock_guard<std::mutex> l(mu_);
-  const bool for_writer = rec.meta.type == EntryType::kFile && !writer_pending_.empty() &&
-                          writer_pending_.count({key, tid}) > 0;
+  const bool for_writer = rec.meta.type == EntryType::kFile && LiveReservationLocked(key, tid);
   auto it = by_key_.find(key);
   if (it != by_key_.end()) {
     for (Node* n : it->second) {
@@ -107,7 +106,7 @@ template <class Map>
 void AddRetry(Map& m, const std::string& key, pid_t tid) {
   const auto now = std::chrono::steady_clock::now();
   for (auto it = m.begin(); it != m.end();) {
-    it = now - it->second > std::chrono::seconds(5) ? m.erase(it) : std::next(it);
+    it = now - it->second > std::chrono::seconds(1) ? m.erase(it) : std::next(it);
   }
   m[{key, tid}] = now;
 }
@@ -130,7 +129,25 @@ bool InodeTable::TakeReaderRetry(const std::string& key, pid_t tid) {
 
 void InodeTable::WriterOpened(const std::string& key, pid_t tid) {
   std::lock_guard<std::mutex> l(mu_);
-  writer_pending_.erase({key, tid});
+  if (!writer_pending_.empty()) writer_pending_.erase({key, tid});
+}
+
+bool InodeTable::HasWriterReservation(const std::string& key, pid_t tid) {
+  std::lock_guard<std::mutex> l(mu_);
+  return LiveReservationLocked(key, tid);
+}
+
+bool InodeTable::LiveReservationLocked(const std::string& key, pid_t tid) {
+  if (writer_pending_.empty()) return false;
+  auto it = writer_pending_.find({key, tid});
+  if (it == writer_pending_.end()) return false;
+  // A retry comes within microseconds; an older reservation belongs to an open that never
+  // came back (and thread ids are reused).
+  if (std::chrono::steady_clock::now() - it->second > std::chrono::seconds(1)) {
+    writer_pending_.erase(it);
+    return false;
+  }
+  return true;
 }
 
 uint64_t InodeTable::AcquireFresh(const std::string& key, const Record& rec) {

@@ -77,8 +77,11 @@ class InodeTable {
   // from the same thread, and that lookup must answer a writer node. Reservations not
   // used within a few seconds (the open was abandoned) are dropped.
   void ReserveForWriter(const std::string& key, pid_t tid);
-  // The writer's retried open succeeded: its reservation is used up.
+  // The writer's retried open succeeded (or the thread did something else with `key`):
+  // its reservation is used up.
   void WriterOpened(const std::string& key, pid_t tid);
+  // Whether thread `tid` holds a live reservation of `key` (its open is a retry).
+  bool HasWriterReservation(const std::string& key, pid_t tid);
   // A reader of `key` on thread `tid` was sent back (ESTALE) from a node that is not the
   // newest version: its retry takes whichever clean node its lookup answered, even if a
   // commit superseded that one meanwhile (TakeReaderRetry says so once), so that a reader
@@ -119,6 +122,7 @@ class InodeTable {
 
  private:
   Node* FindLocked(uint64_t id);
+  bool LiveReservationLocked(const std::string& key, pid_t tid);
   Node* NewNodeLocked(const std::string& key, const Record& rec);
   void MaybeEraseLocked(Node* n);
 

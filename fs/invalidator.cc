@@ -40,9 +40,22 @@ void Invalidator::InvalidateKeyThenReply(fuse_req_t req, const std::string& key,
     it.node = table_->DirId(std::string(ParentKey(key)));
     if (it.node != 0) it.name = std::string(BaseName(key));
   }
+  if (it.node == 0) {
+    // Nothing to invalidate: answer now, never behind the queue. A caller may hold a
+    // directory lock an invalidation ahead of it waits for (FSYNCDIR does).
+    fuse_reply_err(req, err);
+    return;
+  }
   it.reply = req;
   it.err = err;
   Push(std::move(it));
+}
+
+void Invalidator::InvalidateKey(const std::string& key) {
+  if (key.empty()) return;
+  if (uint64_t parent = table_->DirId(std::string(ParentKey(key)))) {
+    InvalidateEntry(parent, std::string(BaseName(key)));
+  }
 }
 
 void Invalidator::InvalidateEntry(uint64_t parent, std::string name) {

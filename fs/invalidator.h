@@ -35,8 +35,12 @@ class Invalidator {
   void Stop();
 
   // Drops the dentry of `key` (if the kernel knows its directory), then answers `req` with
-  // `err`. An empty key: only the answer.
+  // `err`. With nothing to invalidate (an empty key, an unknown directory) the answer is
+  // sent at once. REQUIRES: `req`'s caller holds no directory lock when a key is given
+  // (FLUSH and fsync of a file: the kernel holds none there).
   void InvalidateKeyThenReply(fuse_req_t req, const std::string& key, int err);
+  // Drops the dentry of `key`, if the kernel knows its directory, later.
+  void InvalidateKey(const std::string& key);
   // Drops the dentry `name` of directory node `parent`, later.
   void InvalidateEntry(uint64_t parent, std::string name);
   // Drops the attributes and cached pages (a directory: its listing) of node `id`, later.

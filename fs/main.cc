@@ -33,6 +33,7 @@ struct Options {
   int create = 0;
   char* engine = nullptr;
   char* sync_interval = nullptr;
+  char* write_buffer = nullptr;
   int fsname_given = 0;  // -o fsname= / subtype= of the user's win over ours
   int subtype_given = 0;
   int ro = 0;
@@ -50,6 +51,7 @@ const fuse_opt kOptSpec[] = {
     KEYFS_OPT("create", create),
     KEYFS_OPT("engine=%s", engine),
     KEYFS_OPT("sync_interval=%s", sync_interval),
+    KEYFS_OPT("write_buffer=%s", write_buffer),
     KEYFS_OPT("log_level=%s", log_level),
     KEYFS_OPT("log_file=%s", log_file),
     FUSE_OPT_KEY("-h", kKeyHelp),
@@ -94,6 +96,9 @@ void Usage(const char* prog) {
       "    -o create              create STORE if it does not exist\n"
       "    -o engine=NAME         snapshot (default) or dets; must match an existing STORE\n"
       "    -o sync_interval=SECS  dets: seconds between syncs (default 30, 0 = fsync/unmount)\n"
+      "    -o write_buffer=SIZE   bytes the copies of all files open for writing may hold\n"
+      "                           together (K, M, G suffixes; default half the memory);\n"
+      "                           past it writes get ENOSPC\n"
       "    -o ro                  read-only mount (the fast path for programs that only read)\n"
       "    -o log_level=LEVEL     trace, debug, info (default), warn, error\n"
       "    -o log_file=PATH       log there instead of stderr (-f) or syslog\n"
@@ -195,7 +200,8 @@ void SetUpLogging(const Options& o, bool foreground, bool debug) {
 // The running part, after the checks: open the engine, mount, serve. Reports start-up
 // success or failure through `ready_fd` (-1 in the foreground). Returns the exit status.
 int Serve(fuse_args* args, const std::string& store, const std::string& mountpoint,
-          const keyfs::OpenOptions& open_options, bool read_only, int ready_fd, bool foreground) {
+          const keyfs::OpenOptions& open_options, bool read_only, uint64_t write_budget,
+          int ready_fd, bool foreground) {
   auto fail = [&](const std::string& msg) {
     std::string line = "keyfs: " + msg + "\n";
     if (ready_fd >= 0) {
@@ -211,6 +217,7 @@ int Serve(fuse_args* args, const std::string& store, const std::string& mountpoi
   keyfs::fs::Config config;
   config.read_only = read_only;
   config.store_path = store;
+  config.write_budget_bytes = write_budget;
   keyfs::fs::Filesystem fs(engine->get(), config);
   fuse_session* se = fuse_session_new(args, keyfs::fs::Filesystem::Ops(), sizeof(fuse_lowlevel_ops),
                                       fs.SessionData());
@@ -267,6 +274,36 @@ unsigned ParseSyncInterval(const char* text) {
     Die("bad sync_interval '" + t + "': a number of seconds from 0 (only on fsync) to 31536000");
   }
   return static_cast<unsigned>(std::stoul(t));
+}
+
+// The bytes of -o write_buffer: digits with an optional K, M or G suffix, at least 1 MiB.
+uint64_t ParseSize(const char* option, const char* text) {
+  std::string t = text;
+  uint64_t unit = 1;
+  if (!t.empty()) {
+    switch (t.back()) {
+      case 'K':
+      case 'k':
+        unit = uint64_t{1} << 10;
+        break;
+      case 'M':
+      case 'm':
+        unit = uint64_t{1} << 20;
+        break;
+      case 'G':
+      case 'g':
+        unit = uint64_t{1} << 30;
+        break;
+      default:
+        break;
+    }
+    if (unit != 1) t.pop_back();
+  }
+  if (t.empty() || t.size() > 12 || t.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoull(t) * unit < (uint64_t{1} << 20)) {
+    Die(std::string("bad ") + option + " '" + text + "': a size of at least 1M (K, M, G suffixes)");
+  }
+  return std::stoull(t) * unit;
 }
 
 int main(int argc, char** argv) {
@@ -333,6 +370,8 @@ int main(int argc, char** argv) {
   open_options.watch = true;
   open_options.create = o.create;
   if (o.sync_interval != nullptr) open_options.sync_interval_s = ParseSyncInterval(o.sync_interval);
+  const uint64_t write_budget =
+      o.write_buffer != nullptr ? ParseSize("write_buffer", o.write_buffer) : 0;
   if (o.engine != nullptr) {
     auto kind = keyfs::ParseEngineKind(o.engine);
     if (!kind.ok()) Die(std::string(kind.status().message()));
@@ -367,7 +406,7 @@ int main(int argc, char** argv) {
 
   int status;
   if (foreground) {
-    status = Serve(&args, store, mountpoint, open_options, o.ro, -1, true);
+    status = Serve(&args, store, mountpoint, open_options, o.ro, write_budget, -1, true);
   } else {
     int p[2];
     if (pipe(p) != 0) Die(std::string("pipe: ") + strerror(errno));
@@ -377,7 +416,7 @@ int main(int argc, char** argv) {
       close(p[0]);
       setsid();
       if (chdir("/") != 0) _exit(1);
-      _exit(Serve(&args, store, mountpoint, open_options, o.ro, p[1], false));
+      _exit(Serve(&args, store, mountpoint, open_options, o.ro, write_budget, p[1], false));
     }
     close(p[1]);
     std::string msg;

@@ -29,6 +29,7 @@ int Filesystem::Impl::DoGetAttr(const Caller& c, uint64_t ino, uint64_t fh, stru
     copy.ino = n.ino;
     copy.type = n.type;
     copy.unlinked = n.unlinked;
+    copy.tainted = n.tainted;
     copy.rec.meta = n.rec.meta;
     copy.rec.value = n.rec.value;
     copy.rec.pin = n.rec.pin;
@@ -54,7 +55,9 @@ int Filesystem::Impl::DoGetAttr(const Caller& c, uint64_t ino, uint64_t fh, stru
     }
   }
   FillAttr(copy.ino, copy.rec.meta, copy.rec.value.size(), copy.unlinked, st);
-  *attr_timeout = timeout();
+  // A writer node's size is the writer's business: its own fstat and lseek(SEEK_END) must
+  // ask again, so nobody else's answer is cached on it.
+  *attr_timeout = copy.tainted ? 0 : timeout();
   return 0;
 }
 
@@ -124,22 +127,36 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
       }
     }
   }
-  // Answer with what the key now is; the node shows it (a setattr changes the file in
-  // place, as on any filesystem: the kernel applies the answer to this inode anyway).
+  // Answer with what the key now is. A directory's node and a writer node follow the key
+  // (the kernel applies the answer to this inode anyway). A clean node keeps its version's
+  // pages in the page cache: it takes the new metadata only if its value is the key's
+  // value; else it stays what it is, and the key's dentry is dropped so that new opens
+  // find the new version.
   auto rec = engine->Get(key);
   if (!rec.ok()) return StatusToErrno(rec.status());
+  Record shown;
+  bool clean_file = false;
+  table.WithNode(ino, [&](Node& n) {
+    clean_file = n.type != EntryType::kDir && !n.tainted;
+    shown = n.rec;
+  });
+  const bool same_value = clean_file && shown.value == rec->value;
   uint64_t node_ino = 0;
   table.WithNode(ino, [&](Node& n) {
     node_ino = n.ino;
     unlinked = n.unlinked;
     if (n.type == EntryType::kDir) {
       n.rec.meta = rec->meta;
-    } else {
+    } else if (n.tainted || (same_value && n.rec.value.data() == shown.value.data())) {
       n.version = rec->version;
       n.rec = CompactRecord(*rec);
     }
   });
   uint64_t shown_size = rec->value.size();
+  if (clean_file && !same_value) {
+    shown_size = shown.value.size();
+    invalidator.InvalidateKey(key);
+  }
   if (wh != nullptr) {
     std::lock_guard<std::mutex> l(wh->mu);
     shown_size = wh->buf.size();
@@ -216,8 +233,8 @@ void Filesystem::Impl::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr
     return;
   }
   const bool groups =
-      to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
-                FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW);
+      to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME |
+                FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW);
   const Caller c = CallerOf(req, groups);
   // The write handle it applies to: the one it came with (ftruncate, futimens), else the
   // calling thread's own on that node (open with O_TRUNC sends none).
@@ -237,26 +254,28 @@ void Filesystem::Impl::SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr
   const int64_t size = attr->st_size;
   if (to_set == FUSE_SET_ATTR_SIZE && wh != nullptr) {
     // open(O_TRUNC) or ftruncate on a write handle: its private copy only, no commit.
+    HandleRef keep(wh);
     int err = write_path.Resize(wh, c, size);
     if (err == 0) writers.Changed(wh);
+    struct stat st;
+    double t;
+    if (err == 0) err = DoGetAttr(c, ino, reinterpret_cast<uint64_t>(wh), &st, &t);
     if (err == 0) {
-      struct stat st;
-      double t;
-      err = DoGetAttr(c, ino, reinterpret_cast<uint64_t>(wh), &st, &t);
-      if (err == 0) fuse_reply_attr(req, &st, 0);
+      fuse_reply_attr(req, &st, 0);
+    } else {
+      fuse_reply_err(req, err);
     }
-    Unref(wh);
-    if (err) fuse_reply_err(req, err);
     return;
   }
-  Async(req, [this, req, c, ino, a, size, wh] {
+  Async(req, [this, req, c, ino, a, size, wh, keep = HandleRef(wh)] {
     struct stat st;
     int err = DoSetAttr(c, ino, a, size, wh, &st);
-    if (wh != nullptr) Unref(wh);
     if (err) {
       fuse_reply_err(req, err);
     } else {
-      fuse_reply_attr(req, &st, wh != nullptr ? 0 : timeout());
+      bool writer_node = wh != nullptr;
+      table.WithNode(ino, [&](Node& n) { writer_node = writer_node || n.tainted; });
+      fuse_reply_attr(req, &st, writer_node ? 0 : timeout());
     }
   });
 }

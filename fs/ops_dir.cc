@@ -49,7 +49,7 @@ int Filesystem::Impl::DoReadDir(fuse_req_t req, uint64_t ino, size_t size, off_t
   }
   if (ino == kControlDirId) {
     const char* names[] = {"stats", "sync"};
-    for (int i = static_cast<int>(off) - 2; i < 2; ++i) {
+    for (off_t i = off - 2; i >= 0 && i < 2; ++i) {  // any offset past the end: nothing
       fuse_entry_param e;
       std::memset(&e, 0, sizeof(e));
       ControlAttr(i == 0 ? kStatsFileId : kSyncFileId, config.read_only, &e.attr);
@@ -69,11 +69,11 @@ int Filesystem::Impl::DoReadDir(fuse_req_t req, uint64_t ino, size_t size, off_t
   off_t pos = off;
   const std::string prefix = dir.empty() ? std::string() : dir + "/";
   Status s = engine->List(dir, after, [&](const DirEntry& d) {
+    if (dir.empty() && d.name == kControlDirName) return true;  // reserved, never listed
     if (skip > 0) {
       --skip;
       return true;
     }
-    if (dir.empty() && d.name == kControlDirName) return true;  // reserved, never listed
     std::string name(d.name);
     const std::string key = prefix + name;
     fuse_entry_param e;

@@ -78,11 +78,16 @@ void Filesystem::Impl::EntryFor(const std::string& key, const Record& rec, pid_t
                                 fuse_entry_param* e) {
   const uint64_t id = table.Acquire(key, rec, tid);
   uint64_t ino = 0;
-  table.WithNode(id, [&](Node& n) { ino = n.ino; });
+  bool writer_node = false;
+  table.WithNode(id, [&](Node& n) {
+    ino = n.ino;
+    writer_node = n.tainted;
+  });
   std::memset(e, 0, sizeof(*e));
   e->ino = id;
   e->generation = 1;
-  e->attr_timeout = e->entry_timeout = timeout();
+  e->entry_timeout = timeout();
+  e->attr_timeout = writer_node ? 0 : timeout();  // a writer's size is its own (DoGetAttr)
   FillAttr(ino, rec.meta, rec.value.size(), false, &e->attr);
 }
 
@@ -109,7 +114,8 @@ int Filesystem::Impl::DoLookup(const Caller& c, uint64_t parent, const char* nam
   if (int err = ChildKey(parent, name, &key)) return err == EPERM ? ENOENT : err;
   auto rec = engine->GetInDirectory(key);
   if (rec.status().IsNotFound()) {
-    std::memset(e, 0, sizeof(*e));  // a negative entry, cached like any other
+    table.WriterOpened(key, c.pid);  // a writer reservation for a gone key is obsolete
+    std::memset(e, 0, sizeof(*e));   // a negative entry, cached like any other
     e->entry_timeout = timeout();
     return 0;
   }
@@ -138,8 +144,9 @@ int Filesystem::Impl::DoCreate(const Caller& c, const std::string& key, const Me
   m.meta = meta;
   m.exclusive = true;
   Status s = write_path.CommitBatch(Batch().Add(std::move(m)));
-  if (s.code() == Status::Code::kAlreadyExists && !(fi->flags & O_EXCL)) {
-    s = Status::OK();  // created meanwhile by someone else: open it
+  const bool existed = s.code() == Status::Code::kAlreadyExists;
+  if (existed && !(fi->flags & O_EXCL)) {
+    s = Status::OK();  // created meanwhile by someone else (our negative dentry was stale)
   }
   if (!s.ok()) return StatusToErrno(s);
   auto rec = engine->Get(key);
@@ -147,9 +154,15 @@ int Filesystem::Impl::DoCreate(const Caller& c, const std::string& key, const Me
   if (rec->meta.type != EntryType::kFile) {
     return rec->meta.type == EntryType::kDir ? EISDIR : EEXIST;
   }
+  // The kernel took the file for a new one: it checked no permission and sends no
+  // truncation. Both are ours to do then, as the open of an existing file would.
+  if (existed && !MayWrite(c, rec->meta)) return EACCES;
+  const bool truncate = existed && (fi->flags & O_TRUNC);
+  auto h = std::make_unique<WriteHandle>(0, write_path.budget());
+  if (!truncate && !h->Charge(rec->value.size())) return ENOSPC;  // write budget
   // A writer node of its own: the dentry was negative, no reader shares it.
   const uint64_t id = table.AcquireFresh(key, *rec);
-  auto* h = new WriteHandle(id);
+  h->node = id;
   h->pid = c.pid;
   h->append = fi->flags & O_APPEND;
   uint64_t ino = 0;
@@ -157,11 +170,12 @@ int Filesystem::Impl::DoCreate(const Caller& c, const std::string& key, const Me
     ++n.writers;
     ++n.open_handles;
     ino = n.ino;
-    h->buf.assign(n.rec.value);
+    if (!truncate) h->buf.assign(rec->value);
+    h->truncated = truncate;
     h->create_meta = n.rec.meta;
   });
-  writers.Add(h);
-  fi->fh = reinterpret_cast<uint64_t>(h);
+  writers.Add(h.get());
+  fi->fh = reinterpret_cast<uint64_t>(h.release());
   fi->direct_io = 1;
   std::memset(e, 0, sizeof(*e));
   e->ino = id;
@@ -261,7 +275,7 @@ void Filesystem::Impl::Create(fuse_req_t req, fuse_ino_t parent, const char* nam
     fuse_reply_err(req, err);
     return;
   }
-  const Caller c = CallerOf(req);
+  const Caller c = CallerOf(req, /*with_groups=*/true);  // if the file exists after all
   const Meta meta = NewMeta(c, Meta::File(mode & 07777));
   fuse_file_info f = *fi;
   Async(req, [this, req, c, key = std::move(key), meta, f]() mutable {

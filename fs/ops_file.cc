@@ -31,33 +31,71 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
     // (ESTALE) from a writer node (a writer may have grown its i_size) and from a version
     // that a commit of this mount superseded before the dentry was dropped (a commit at
     // RELEASE is invalidated after close() returned); its retry lands on a clean node of
-    // the newest version, and is never sent back again.
+    // the newest version, and is never sent back again. A retry that lands on a writer
+    // node again (a path the VFS does not look up again: /proc/self/fd/N, a bind mount of
+    // the file) reads the newest committed version through direct I/O.
+    table.WriterOpened(key, c.pid);  // a reservation of this thread is obsolete
     auto cur = engine->Get(key);
     if (!cur.ok() && !cur.status().IsNotFound()) return StatusToErrno(cur.status());
     const bool retry = table.TakeReaderRetry(key, c.pid);
     auto h = std::make_unique<ReadHandle>(ino);
-    bool opened = false;
+    bool opened = false, direct = false;
     table.WithNode(ino, [&](Node& n) {
-      if (n.tainted || (!retry && (!cur.ok() || cur->version != n.version))) return;
+      if (n.tainted) {
+        if (!retry || !cur.ok()) return;
+        opened = direct = true;
+        ++n.open_handles;
+        h->rec = *cur;
+        return;
+      }
+      if (!retry && (!cur.ok() || cur->version != n.version)) return;
       opened = true;
       ++n.open_handles;
       ++n.cached_readers;
       h->rec = n.rec;
     });
     if (!opened) {
+      if (retry && !cur.ok()) return ENOENT;  // deleted since the retry looked it up
       table.MarkReaderRetry(key, c.pid);
       FsCounters::Bump(counters.estale);
       return ESTALE;
     }
-    fi->keep_cache = 1;  // the node's version never changes: its pages stay valid
+    h->direct = direct;
+    if (direct) {
+      fi->direct_io = 1;
+    } else {
+      fi->keep_cache = 1;  // the node's version never changes: its pages stay valid
+    }
     fi->noflush = 1;
     fi->fh = reinterpret_cast<uint64_t>(h.release());
     return 0;
   }
   // A writer needs a writer node; the clean node its path resolved to sends it back once,
-  // and its retried lookup (same thread, LOOKUP_REVAL) answers one.
-  bool tainted = false;
-  table.WithNode(ino, [&](Node& n) { tainted = n.tainted && !n.unlinked; });
+  // and its retried lookup (same thread, LOOKUP_REVAL) answers one. A retry that lands on
+  // a clean node again (a path the VFS does not look up again, /proc/self/fd/N) makes that
+  // node a writer node if no reader has it open, else gets EBUSY: a reader's pages must
+  // never grow under it.
+  const bool retried = table.HasWriterReservation(key, c.pid);
+  bool tainted = false, busy = false;
+  table.WithNode(ino, [&](Node& n) {
+    if (n.unlinked) return;
+    if (!n.tainted && retried) {
+      if (n.cached_readers > 0) {
+        busy = true;
+        return;
+      }
+      n.tainted = true;
+    }
+    tainted = n.tainted;
+  });
+  if (busy) {
+    table.WriterOpened(key, c.pid);
+    spdlog::info(
+        "open of {} for writing refused (EBUSY): it is open for reading through the "
+        "same path",
+        key);
+    return EBUSY;
+  }
   if (!tainted) {
     table.ReserveForWriter(key, c.pid);
     FsCounters::Bump(counters.estale);
@@ -65,11 +103,15 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
   }
   // The copy starts from the newest committed value, whatever version the node showed.
   auto cur = engine->Get(key);
-  if (cur.status().IsNotFound()) return ESTALE;  // deleted elsewhere: look the path up again
+  if (cur.status().IsNotFound()) {  // deleted since its lookup
+    table.WriterOpened(key, c.pid);
+    return ENOENT;
+  }
   if (!cur.ok()) return StatusToErrno(cur.status());
   if (cur->meta.type != EntryType::kFile)
     return cur->meta.type == EntryType::kDir ? EISDIR : EINVAL;
-  auto h = std::make_unique<WriteHandle>(ino);
+  auto h = std::make_unique<WriteHandle>(ino, write_path.budget());
+  if (!h->Charge(cur->value.size())) return ENOSPC;  // no room for the copy (write budget)
   h->pid = c.pid;
   h->append = fi->flags & O_APPEND;
   h->buf.assign(cur->value);
@@ -139,7 +181,9 @@ int Filesystem::Impl::CommitForClose(WriteHandle* h, std::string* key) {
 
 void Filesystem::Impl::DoRelease(uint64_t ino, Handle* h) {
   if (h->kind != Handle::Kind::kWriter) {
-    if (h->kind == Handle::Kind::kReader) table.CloseHandle(ino, true, false);
+    if (h->kind == Handle::Kind::kReader) {
+      table.CloseHandle(ino, !static_cast<ReadHandle*>(h)->direct, false);
+    }
     Unref(h);
     return;
   }
@@ -156,13 +200,15 @@ void Filesystem::Impl::DoRelease(uint64_t ino, Handle* h) {
     // invalidated by the invalidator (here it could wait on a directory lock held by a
     // request queued behind this one).
     std::string key;
-    int err = CommitForClose(w, &key);
-    if (err != 0) spdlog::error("release: commit of a closed file failed: {}", strerror(err));
-    if (!key.empty()) {
-      if (uint64_t parent = table.DirId(std::string(ParentKey(key)))) {
-        invalidator.InvalidateEntry(parent, std::string(BaseName(key)));
-      }
+    int err = EIO;
+    try {
+      err = CommitForClose(w, &key);
+    } catch (const std::bad_alloc&) {
+      err = ENOMEM;  // the handle goes all the same
+    } catch (...) {
     }
+    if (err != 0) spdlog::error("release: commit of a closed file failed: {}", strerror(err));
+    invalidator.InvalidateKey(key);
   }
   writers.Remove(w);
   table.CloseHandle(ino, false, true);
@@ -234,8 +280,7 @@ void Filesystem::Impl::Write(fuse_req_t req, const char* buf, size_t size, off_t
   if (write_path.MustDropPrivs(w, c)) {
     // The first write by someone else to a setuid/setgid file commits the mode without
     // them first (a commit: on a worker), and tells the kernel the attributes changed.
-    Ref(w);
-    Async(req, [this, req, w, c, write, data = std::string(buf, size)] {
+    Async(req, [this, req, w, c, write, keep = HandleRef(Ref(w)), data = std::string(buf, size)] {
       int err = write_path.DropPrivs(w, c);
       if (err == 0) {
         invalidator.InvalidateNode(w->node);
@@ -243,7 +288,6 @@ void Filesystem::Impl::Write(fuse_req_t req, const char* buf, size_t size, off_t
       } else {
         fuse_reply_err(req, err);
       }
-      Unref(w);
     });
     return;
   }
@@ -272,11 +316,9 @@ void Filesystem::Impl::Flush(fuse_req_t req, fuse_file_info* fi) {
       return;
     }
   }
-  Ref(h);
-  Async(req, [this, req, h] {
+  Async(req, [this, req, h, keep = HandleRef(Ref(h))] {
     std::string key;
     int err = CommitForClose(h, &key);
-    Unref(h);
     invalidator.InvalidateKeyThenReply(req, key, err);
   });
 }
@@ -288,14 +330,10 @@ void Filesystem::Impl::Release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* f
 
 void Filesystem::Impl::Fsync(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   WriteHandle* h = fi != nullptr ? WriterOf(fi->fh) : nullptr;
-  if (h != nullptr) Ref(h);
-  Async(req, [this, req, h] {
+  Async(req, [this, req, h, keep = HandleRef(h != nullptr ? Ref(h) : nullptr)] {
     int err = 0;
     std::string key;
-    if (h != nullptr) {
-      err = CommitForClose(h, &key);
-      Unref(h);
-    }
+    if (h != nullptr) err = CommitForClose(h, &key);
     if (err == 0) {
       Status s = engine->Sync();
       if (!s.ok()) err = StatusToErrno(s);

@@ -2,6 +2,7 @@
 #include "write_path.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -14,6 +15,12 @@ namespace keyfs::fs {
 namespace {
 // A size the copy may grow to: EFBIG past the largest value a store takes.
 int CheckSize(uint64_t size) { return size > kMaxValueSize ? EFBIG : 0; }
+
+// What a write gets when the writers' copies together would pass the budget.
+int NoRoom(uint64_t size) {
+  spdlog::warn("a write handle's copy of {} bytes does not fit the write budget: ENOSPC", size);
+  return ENOSPC;
+}
 }  // namespace
 
 Status WritePath::CommitBatch(const Batch& b) {
@@ -34,7 +41,10 @@ int WritePath::Write(WriteHandle* h, const Caller& c, const char* data, size_t s
   std::lock_guard<std::mutex> l(h->mu);
   const uint64_t at = h->append ? h->buf.size() : static_cast<uint64_t>(off);
   if (int err = CheckSize(at + size)) return err;
-  if (at + size > h->buf.size()) h->buf.resize(at + size);
+  if (at + size > h->buf.size()) {
+    if (!h->Charge(at + size)) return NoRoom(at + size);
+    h->buf.resize(at + size);
+  }
   std::memcpy(h->buf.data() + at, data, size);
   h->dirty = true;
   if (WriteDropsPrivs(c)) {
@@ -90,6 +100,7 @@ int WritePath::Resize(WriteHandle* h, const Caller& c, int64_t size) {
   if (size < 0) return EINVAL;
   if (int err = CheckSize(static_cast<uint64_t>(size))) return err;
   std::lock_guard<std::mutex> l(h->mu);
+  if (!h->Charge(static_cast<uint64_t>(size))) return NoRoom(static_cast<uint64_t>(size));
   h->buf.resize(static_cast<size_t>(size));
   h->truncated = true;
   if (WriteDropsPrivs(c)) {
@@ -100,8 +111,16 @@ int WritePath::Resize(WriteHandle* h, const Caller& c, int64_t size) {
   return 0;
 }
 
+uint64_t DefaultWriteBudget() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const uint64_t ram = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+  // Half the machine's memory, and at least room for one value of the largest size.
+  return std::max<uint64_t>(ram / 2, kMaxValueSize + (uint64_t{64} << 20));
+}
+
 int WritePath::Commit(WriteHandle* h, bool* committed) {
   *committed = false;
+  std::lock_guard<std::mutex> in_order(h->commit_mu);
   std::string value;
   uint64_t edits;
   int64_t mtime;

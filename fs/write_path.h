@@ -21,17 +21,26 @@
 namespace keyfs::fs {
 
 // Thread-safety: every method may be called from any thread; a handle's own fields are
-// guarded by its mutex. Lock order: WriteHandle::mu, then InodeTable's (never the reverse).
+// guarded by its mutexes. Lock order: WriteHandle::commit_mu, WriteHandle::mu, then
+// InodeTable's (never the reverse).
+// The default limit of the bytes all write handles' copies hold together: half the
+// machine's memory, at least one largest value.
+uint64_t DefaultWriteBudget();
+
 class WritePath {
  public:
-  WritePath(Engine* engine, InodeTable* table, FsCounters* counters)
-      : engine_(engine), table_(table), counters_(counters) {}
+  WritePath(Engine* engine, InodeTable* table, FsCounters* counters, uint64_t budget)
+      : engine_(engine), table_(table), counters_(counters), budget_(budget) {}
+
+  // What new write handles charge their copies to.
+  WriteBudget* budget() { return &budget_; }
 
   // Commits `b`, counting it; logs I/O failures. The engine's Status.
   Status CommitBatch(const Batch& b);
 
   // Writes `size` bytes at `off` (at the end for O_APPEND) into the handle's copy.
-  // 0, or EFBIG past kMaxValueSize, EINVAL for a negative offset.
+  // 0, or EFBIG past kMaxValueSize, ENOSPC past the write budget, EINVAL for a negative
+  // offset.
   int Write(WriteHandle* h, const Caller& c, const char* data, size_t size, off_t off,
             uint64_t lock_owner);
   // Whether a write by `c` must first take setuid/setgid away from the file (it has them,
@@ -41,7 +50,7 @@ class WritePath {
   // changes the mode at the write, not at close. 0 or an errno.
   int DropPrivs(WriteHandle* h, const Caller& c);
 
-  // Sets the copy's size (ftruncate, open with O_TRUNC). 0, or EFBIG / EINVAL.
+  // Sets the copy's size (ftruncate, open with O_TRUNC). 0, or EFBIG / ENOSPC / EINVAL.
   int Resize(WriteHandle* h, const Caller& c, int64_t size);
 
   // Commits the handle's copy if it changed since its last commit; *committed says whether
@@ -56,6 +65,7 @@ class WritePath {
   Engine* const engine_;
   InodeTable* const table_;
   FsCounters* const counters_;
+  WriteBudget budget_;
 };
 
 }  // namespace keyfs::fs

@@ -72,6 +72,24 @@ TEST(PlanMetaChange, ChmodNeedsTheOwnerButAnyoneMayDropPrivileges) {
   EXPECT_EQ(PlanMetaChange(User(2000, 2000), cur, a, 0, &out), 0);
   a.mode = 06777;  // adds bits: not a drop
   EXPECT_EQ(PlanMetaChange(User(2000, 2000), cur, a, 0, &out), EPERM);
+  a.mode = 06755;  // the same mode: a chmod like any other, the owner's
+  EXPECT_EQ(PlanMetaChange(User(2000, 2000), cur, a, 0, &out), EPERM);
+  a.mode = 0644;  // drops privileges and more
+  EXPECT_EQ(PlanMetaChange(User(2000, 2000), cur, a, 0, &out), EPERM);
+}
+
+TEST(PlanMetaChange, SetgidOfADirectoryNeedsTheGroupToo) {
+  Meta dir = Meta::Dir(0755);
+  dir.uid = 1000;
+  dir.gid = 50;
+  Meta out;
+  AttrRequest a;
+  a.to_set = FUSE_SET_ATTR_MODE;
+  a.mode = 02755;
+  EXPECT_EQ(PlanMetaChange(User(1000, 1000), dir, a, 0, &out), 0);
+  EXPECT_EQ(out.mode, 0755u);
+  EXPECT_EQ(PlanMetaChange(User(1000, 1000, {50}), dir, a, 0, &out), 0);
+  EXPECT_EQ(out.mode, 02755u);
 }
 
 TEST(PlanMetaChange, SetgidNeedsTheGroup) {

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine_mount_test.h"
@@ -1423,6 +1425,135 @@ TEST_P(PosixMountTest, KeyfsCannotBeCreated) {
   EXPECT_EQ(ListDir(mnt()), std::vector<std::string>{"d"});
   EXPECT_EQ(CtlRead({"list", store()}).out, "d/\n");
   EXPECT_NE(Cat(P(".keyfs/stats")).find("\"engine\""), std::string::npos);
+}
+
+// ---- found by review of the request handlers --------------------------------------------------
+
+// fsync of a directory ("fsync the directory after a rename") while files in it are
+// rewritten: the FSYNCDIR reply once waited in the invalidator's queue behind an entry
+// invalidation that needed the directory lock the fsyncing process held: both hung for good.
+TEST_P(PosixSlowMountTest, FsyncOfADirectoryWhileItsFilesAreRewrittenNeverHangs) {
+  ASSERT_EQ(mkdir(P("D").c_str(), 0755), 0);
+  std::atomic<int> failures{0};
+  std::thread writer([&] {
+    for (int i = 0; i < 3000; ++i) {
+      if (WriteFile(P("D/f" + std::to_string(i % 8)), "x") != 0) ++failures;
+    }
+  });
+  for (int i = 0; i < 3000; ++i) {
+    int fd = open(P("D").c_str(), O_RDONLY | O_DIRECTORY);
+    ASSERT_GE(fd, 0) << Err(errno);
+    if (fsync(fd) != 0) ++failures;
+    close(fd);
+  }
+  writer.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+// A seek far past the end of MOUNT/.keyfs crashed the daemon (an int overflow indexing the
+// control files' names).
+TEST_P(PosixMountTest, SeekFarPastTheControlDirectoryListsNothing) {
+  int fd = open(P(".keyfs").c_str(), O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(fd, 0) << Err(errno);
+  for (off_t off : {off_t{4}, off_t{1} << 32, (off_t{1} << 32) + 1, off_t{1} << 62}) {
+    ASSERT_EQ(lseek(fd, off, SEEK_SET), off);
+    char buf[4096];
+    long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+    EXPECT_EQ(n, 0) << "offset " << off << ": " << (n < 0 ? Err(errno) : "entries");
+  }
+  close(fd);
+  EXPECT_TRUE(S_ISDIR(Lstat(mnt()).st_mode)) << "the daemon is still there";
+  EXPECT_EQ(WriteFile(P("k"), "alive"), 0);
+}
+
+// A chmod through a descriptor of an old version made that version's node claim to be the
+// newest one: new opens then read the old value's pages.
+TEST_P(PosixMountTest, ChmodThroughAnOldReaderDoesNotServeItsValueToNewOpens) {
+  ASSERT_EQ(WriteFile(P("k"), "AAAA"), 0);
+  int r = open(P("k").c_str(), O_RDONLY);
+  ASSERT_GE(r, 0) << Err(errno);
+  EXPECT_EQ(PreadAll(r), "AAAA");
+  ASSERT_EQ(WriteFile(P("k"), "BBBB"), 0);
+  ASSERT_EQ(fchmod(r, 0600), 0) << Err(errno);
+  EXPECT_EQ(Cat(P("k")), "BBBB") << "while the old reader is open";
+  EXPECT_EQ(PreadAll(r), "AAAA") << "the old reader keeps its version";
+  close(r);
+  EXPECT_EQ(Cat(P("k")), "BBBB") << "after it closed";
+  EXPECT_EQ(Lstat(P("k")).st_mode & 07777, 0600u);
+}
+
+// Another process's stat of a file being written was cached on the writer's node: the
+// writer's fstat and lseek(SEEK_END) then showed the committed size, and an append at
+// SEEK_END overwrote its own data.
+TEST_P(PosixMountTest, StatByAnotherProcessDoesNotChangeTheWritersSize) {
+  ASSERT_EQ(WriteFile(P("k"), std::string(10, 'A')), 0);
+  int fd = open(P("k").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << Err(errno);
+  ASSERT_EQ(pwrite(fd, std::string(100, 'B').data(), 100, 0), 100);
+  CommandResult other = Sh("stat -c %s \"$MNT/k\"");
+  EXPECT_EQ(other.out, "10\n") << "others see the committed size until close";
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 100) << "the writer's fstat";
+  EXPECT_EQ(lseek(fd, 0, SEEK_END), 100) << "the writer's SEEK_END";
+  ASSERT_EQ(write(fd, "TAIL", 4), 4);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_EQ(Cat(P("k")), std::string(100, 'B') + "TAIL");
+}
+
+// Paths the VFS does not look up again on its ESTALE retry (/proc/self/fd/N, /dev/fd/N)
+// must not hand ESTALE to the program: a reader there reads the committed value, a writer
+// there gets a clear answer, and the thread's later opens work.
+TEST_P(PosixMountTest, OpensThroughProcFdNeverGetEstale) {
+  ASSERT_EQ(WriteFile(P("k"), "old\n"), 0);
+  CommandResult r =
+      Sh("cd \"$MNT\"; exec 3<k; if echo new > /proc/self/fd/3; then echo wrote; "
+         "else echo refused; fi; exec 3<&-; cat k; "
+         "exec 4>>q; echo committed > q; cat /dev/fd/4 && echo read-ok; exec 4>&-; "
+         "read line < k && echo \"$line\"");
+  EXPECT_EQ(r.err.find("Stale file handle"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out == "wrote\nnew\ncommitted\nread-ok\nnew\n" ||
+              r.out == "refused\nold\ncommitted\nread-ok\nold\n")
+      << r.out << r.err;
+}
+
+// A truncate by a member of the file's group (a supplementary group) keeps setgid when the
+// group may not execute, as ext4 does: only writers outside the group lose it.
+TEST_P(PosixMountTest, TruncateByASupplementaryGroupMemberKeepsSetgid) {
+  ASSERT_NO_FATAL_FAILURE(MountForOtherUsers());
+  ASSERT_EQ(WriteFile(P("w/f"), "data\n"), 0);
+  ASSERT_EQ(chown(P("w/f").c_str(), 0, 2000), 0);
+  ASSERT_EQ(chmod(P("w/f").c_str(), 02664), 0);
+  CommandResult r =
+      Sh("exec setpriv --reuid=1000 --regid=1000 --groups=2000 -- /bin/sh -c "
+         "': > \"$MNT/w/f\" && truncate -s 2 \"$MNT/w/f\"'");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(ModeOf(P("w/f")), "file 2664");
+  EXPECT_EQ(Lstat(P("w/f")).st_size, 2);
+}
+
+// The copies of all files open for writing share a budget (-o write_buffer): past it a
+// write gets ENOSPC, not the daemon's memory; closing a writer gives its room back.
+TEST_P(PosixMountTest, WritersShareABoundedBuffer) {
+  ASSERT_NO_FATAL_FAILURE(Remount("write_buffer=8M"));
+  int a = open(P("a").c_str(), O_WRONLY | O_CREAT, 0644);
+  int b = open(P("b").c_str(), O_WRONLY | O_CREAT, 0644);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_EQ(pwrite(a, "x", 1, (6 << 20) - 1), 1) << Err(errno);
+  EXPECT_EQ(pwrite(b, "y", 1, (4 << 20) - 1), -1);
+  EXPECT_EQ(errno, ENOSPC);
+  EXPECT_EQ(ftruncate(b, 4 << 20), -1);
+  EXPECT_EQ(errno, ENOSPC);
+  ASSERT_EQ(close(a), 0);
+  EXPECT_EQ(pwrite(b, "y", 1, (4 << 20) - 1), 1) << "room again once a closed: " << Err(errno);
+  EXPECT_EQ(close(b), 0);
+  EXPECT_EQ(Lstat(P("a")).st_size, 6 << 20);
+  EXPECT_EQ(Lstat(P("b")).st_size, 4 << 20);
+  ASSERT_EQ(mkdir(Local("elsewhere").c_str(), 0755), 0);
+  CommandResult bad = Keyfs({store(), Local("elsewhere"), "-o", "write_buffer=12x"});
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("keyfs: bad write_buffer"), std::string::npos) << bad.err;
 }
 
 INSTANTIATE_TEST_SUITE_P(Engine, PosixMountTest, ::testing::Values("snapshot", "dets"),

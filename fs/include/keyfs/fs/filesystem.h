@@ -19,6 +19,9 @@ struct Config {
   // Threads for requests that commit: as many as writers that should share one group
   // commit (they mostly wait on the committer).
   unsigned workers = 32;
+  // The bytes all open files' write copies may hold together (0: half the machine's
+  // memory); past it a write gets ENOSPC.
+  uint64_t write_budget_bytes = 0;
   // The store's absolute path: statfs reports the space of the filesystem holding it.
   std::string store_path;
 };
