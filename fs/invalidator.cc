@@ -59,10 +59,24 @@ void Invalidator::InvalidateKey(const std::string& key) {
 }
 
 void Invalidator::InvalidateEntry(uint64_t parent, std::string name) {
-  Push(Item{parent, std::move(name)});
+  Item it;
+  it.node = parent;
+  it.name = std::move(name);
+  Push(std::move(it));
 }
 
-void Invalidator::InvalidateNode(uint64_t id) { Push(Item{id, {}}); }
+void Invalidator::InvalidateNode(uint64_t id) {
+  Item it;
+  it.node = id;
+  Push(std::move(it));
+}
+
+void Invalidator::InvalidateNodeThen(uint64_t id, std::function<void()> then) {
+  Item it;
+  it.node = id;
+  it.then = std::move(then);
+  Push(std::move(it));
+}
 
 void Invalidator::OnChange(const ChangeEvent& ev) {
   if (!ev.external) return;
@@ -109,6 +123,7 @@ void Invalidator::Run() {
       if (r != 0 && r != -ENOENT) spdlog::debug("invalidation failed: {}", strerror(-r));
     }
     if (it.reply != nullptr) fuse_reply_err(it.reply, it.err);
+    if (it.then) it.then();
   }
 }
 

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -45,6 +46,10 @@ class Invalidator {
   void InvalidateEntry(uint64_t parent, std::string name);
   // Drops the attributes and cached pages (a directory: its listing) of node `id`, later.
   void InvalidateNode(uint64_t id);
+  // Drops the attributes and cached pages of node `id`, then calls `then` (which answers
+  // the request waiting for it). REQUIRES: no reply `then` sends is needed to release a
+  // page of `id` (a LOOKUP is fine: the kernel holds no page while it waits for one).
+  void InvalidateNodeThen(uint64_t id, std::function<void()> then);
 
   // The engine's change listener: a commit made elsewhere (another mount, keyfsctl, a
   // dets sync seen by a -o ro mount) changed `ev.changed`; drops everything the kernel may
@@ -60,6 +65,7 @@ class Invalidator {
     std::string name;            // empty: the node's attributes and pages; else its dentry `name`
     fuse_req_t reply = nullptr;  // answered with `err` once the invalidation is done
     int err = 0;
+    std::function<void()> then;  // called once the invalidation is done
   };
   void Push(Item item);
   void Run();

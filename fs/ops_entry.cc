@@ -211,6 +211,15 @@ int Filesystem::Impl::DoRename(const std::string& from, const std::string& to, u
 void Filesystem::Impl::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   fuse_entry_param e;
   int err = DoLookup(CallerOf(req), parent, name, &e);
+  if (err == 0 && config.read_only && e.ino == kStatsFileId) {
+    // -o ro sends no OPEN: every open of `stats` looks it up again (timeouts 0), and the
+    // pages the last open read are dropped before the answer, so the read that follows
+    // reaches us. Dropping them after a read instead races with that read's own copy,
+    // which the kernel then reads again, over and over.
+    e.entry_timeout = e.attr_timeout = 0;
+    invalidator.InvalidateNodeThen(kStatsFileId, [req, e] { fuse_reply_entry(req, &e); });
+    return;
+  }
   ReplyEntry(this, req, err, e);
 }
 

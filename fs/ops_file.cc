@@ -147,8 +147,7 @@ int Filesystem::Impl::DoRead(uint64_t ino, size_t size, off_t off, uint64_t fh,
   if (h == nullptr) {
     // -o ro (no OPEN): the node's own version.
     if (ino == kStatsFileId) {
-      *scratch = PadStats(Stats());
-      invalidator.InvalidateNode(kStatsFileId);  // the next read gets fresh figures
+      *scratch = PadStats(Stats());  // its LOOKUP dropped the pages of the last open (Lookup)
       return slice(*scratch);
     }
     if (!table.WithNode(ino, [&](Node& n) { *pin = n.rec; })) return ENOENT;

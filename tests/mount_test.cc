@@ -1320,6 +1320,26 @@ TEST_P(EngineMountTest, RepeatedReadsAreServedFromKernelCaches) {
   }
 }
 
+// A -o ro mount has no OPEN: each `cat .keyfs/stats` must show fresh figures, and reading
+// them must reach the daemon once, not again and again (dropping the page while the
+// kernel copies it out made it read the page once more, in a loop under load).
+TEST_P(EngineMountTest, StatsOnARoMountAreFreshAndReadOncePerOpen) {
+  ASSERT_NO_FATAL_FAILURE(Seed("k", "v"));
+  std::string ro = MountSecond("ro");
+  ASSERT_FALSE(ro.empty());
+  // The first open of a file answers ENOSYS: the kernel sends no OPEN from then on.
+  ASSERT_TRUE(WaitFor([&] { return Cat(ro + "/k") == "v"; }));
+  int64_t last = JsonNumber(Cat(ro + "/.keyfs/stats"), "reads");
+  const int64_t first = last;
+  ASSERT_GE(first, 0);
+  for (int i = 0; i < 100; ++i) {
+    const int64_t now = JsonNumber(Cat(ro + "/.keyfs/stats"), "reads");
+    ASSERT_GT(now, last) << "open " << i << " read stale figures";
+    last = now;
+  }
+  EXPECT_LE(last - first, 110) << "100 opens of stats made the kernel read it again and again";
+}
+
 // §2/§5: log_file and log_level.
 TEST_P(EngineMountTest, LogFileAndLogLevel) {
   ASSERT_NO_FATAL_FAILURE(Unmount());
