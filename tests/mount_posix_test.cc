@@ -1533,7 +1533,8 @@ TEST_P(PosixMountTest, TruncateByASupplementaryGroupMemberKeepsSetgid) {
 }
 
 // The copies of all files open for writing share a budget (-o write_buffer): past it a
-// write gets ENOSPC, not the daemon's memory; closing a writer gives its room back.
+// write gets ENOSPC, not the daemon's memory; closing a writer gives its room back (at
+// RELEASE, just after close(2) returns).
 TEST_P(PosixMountTest, WritersShareABoundedBuffer) {
   ASSERT_NO_FATAL_FAILURE(Remount("write_buffer=8M"));
   int a = open(P("a").c_str(), O_WRONLY | O_CREAT, 0644);
@@ -1546,7 +1547,9 @@ TEST_P(PosixMountTest, WritersShareABoundedBuffer) {
   EXPECT_EQ(ftruncate(b, 4 << 20), -1);
   EXPECT_EQ(errno, ENOSPC);
   ASSERT_EQ(close(a), 0);
-  EXPECT_EQ(pwrite(b, "y", 1, (4 << 20) - 1), 1) << "room again once a closed: " << Err(errno);
+  // The kernel sends RELEASE, which frees a's copy, after close(2) has returned.
+  EXPECT_TRUE(WaitFor([&] { return pwrite(b, "y", 1, (4 << 20) - 1) == 1; }))
+      << "room again once a closed: " << Err(errno);
   EXPECT_EQ(close(b), 0);
   EXPECT_EQ(Lstat(P("a")).st_size, 6 << 20);
   EXPECT_EQ(Lstat(P("b")).st_size, 4 << 20);
