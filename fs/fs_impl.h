@@ -5,14 +5,17 @@
 //   long entry/attr timeouts and keep_cache: the kernel's pages of a version are never
 //   reused for another, so an open reader reads one version from open to close.
 // - Writers write through a kernel inode too, and the kernel grows that inode's i_size
-//   with their writes. So nodes come in two kinds, fixed at birth: clean nodes, which
-//   readers open through the page cache and writers never use, and writer nodes
-//   ("tainted"), which only writers open (direct_io). A writer whose path resolved to a
-//   clean node gets ESTALE once, with a reservation for its thread; the VFS retries the
-//   open with LOOKUP_REVAL and that lookup answers a writer node. A reader whose path
-//   resolved to a writer node gets ESTALE once too and its retry answers a clean node.
-//   Clean nodes never become writer nodes, so a retry never fails again: no program ever
-//   sees ESTALE. Readers are never direct_io, so mmap works on every file.
+//   with their writes. So nodes come in two kinds: clean nodes, which readers open
+//   through the page cache, and writer nodes ("tainted"), which only writers open
+//   (direct_io). A writer opening a clean node that no reader has open makes it a writer
+//   node for good (a rewrite costs no extra round trip). A writer whose path resolved to a
+//   clean node that is open for reading gets ESTALE once, with a reservation for its
+//   thread; the VFS retries the open with LOOKUP_REVAL and that lookup answers a writer
+//   node. A reader whose path resolved to a writer node gets ESTALE once too and its retry
+//   answers a clean node (should a writer take that one first, the retried open reads the
+//   committed value through direct I/O). Writer nodes never become clean, so no retry is
+//   ever sent back again: no program ever sees ESTALE. Readers use the page cache, so mmap
+//   works on every file.
 // - A commit made through this mount invalidates the key's dentry before close()/fsync()
 //   returns: a worker commits, then the invalidator answers the FLUSH (invalidator.h).
 //   Only the writer's own close publishes: a FLUSH from another file table (a forked

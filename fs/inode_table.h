@@ -42,9 +42,11 @@ struct Node {
   uint32_t open_handles = 0;    // handles of any kind (the node must outlive them)
   uint32_t cached_readers = 0;  // open handles reading through the page cache
   uint32_t writers = 0;         // open write handles
-  bool tainted = false;         // a writer node, from birth: writers write through it and the
-                                // kernel may grow its i_size, so no reader ever opens it (a
-                                // reader that finds one is sent to a clean node, ESTALE)
+  bool tainted = false;         // a writer node (from birth, or since a writer opened it
+                                // while no reader had it open), for good: writers write
+                                // through it and the kernel may grow its i_size, so no
+                                // reader opens it through the page cache (a reader that
+                                // finds one is sent to a clean node, ESTALE)
   bool unlinked = false;        // removed through this mount: pending writes are dropped
 };
 

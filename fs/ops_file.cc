@@ -70,23 +70,24 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
     fi->fh = reinterpret_cast<uint64_t>(h.release());
     return 0;
   }
-  // A writer needs a writer node; the clean node its path resolved to sends it back once,
-  // and its retried lookup (same thread, LOOKUP_REVAL) answers one. A retry that lands on
-  // a clean node again (a path the VFS does not look up again, /proc/self/fd/N) makes that
-  // node a writer node if no reader has it open, else gets EBUSY: a reader's pages must
-  // never grow under it.
+  // A writer needs a writer node. A clean node nobody reads through becomes one here (the
+  // common case, a rewrite: no extra round trip; readers that resolve to it later are sent
+  // back once, to a clean node). A clean node open for reading sends the writer back once,
+  // and its retried lookup (same thread, LOOKUP_REVAL) answers a writer node. A retry that
+  // lands on such a node again (a path the VFS does not look up again, /proc/self/fd/N)
+  // gets EBUSY: a reader's pages must never grow under it.
   const bool retried = table.HasWriterReservation(key, c.pid);
   bool tainted = false, busy = false;
   table.WithNode(ino, [&](Node& n) {
     if (n.unlinked) return;
-    if (!n.tainted && retried) {
+    if (!n.tainted) {
       if (n.cached_readers > 0) {
-        busy = true;
+        busy = retried;
         return;
       }
       n.tainted = true;
     }
-    tainted = n.tainted;
+    tainted = true;
   });
   if (busy) {
     table.WriterOpened(key, c.pid);
