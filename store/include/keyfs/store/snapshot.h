@@ -130,7 +130,6 @@ class SnapshotTable {
   uint64_t bloom_off_ = 0, bloom_blocks_ = 0;
   uint32_t bloom_k_ = 0;
   uint64_t sums_off_ = 0;  // end of the checksummed data area
-  uint64_t hash_seed_ = 0;
   uint64_t chunk_count_ = 0;
   // One bit per chunk: set once its checksum matched. Chunks never change, so relaxed
   // atomics suffice; two threads verifying one chunk at once is harmless.
