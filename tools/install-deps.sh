@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(cmake g++ make pkg-config libfuse3-dev fuse3 libspdlog-dev libxxhash-dev
       libgtest-dev libgmock-dev libbenchmark-dev libabsl-dev libcdb-dev liblmdb-dev
-      python3 rsync stress-ng tar)
+      python3 rsync stress-ng tar clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
