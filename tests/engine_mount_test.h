@@ -28,6 +28,19 @@ namespace keyfs::test {
 
 inline std::string Err(int e) { return e == 0 ? "OK" : std::strerror(e); }
 
+// `s` quoted for /bin/sh.
+inline std::string ShellQuote(const std::string& s) {
+  std::string r = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      r += "'\\''";
+    } else {
+      r += c;
+    }
+  }
+  return r + "'";
+}
+
 // errno of a call that returns -1 on failure, 0 if it succeeded.
 template <class T>
 inline int ErrnoOf(T r) {
@@ -225,6 +238,13 @@ class EngineMountTest : public MountTest, public ::testing::WithParamInterface<s
  protected:
   EngineMountTest() { engine_ = GetParam(); }
   bool dets() const { return engine_ == "dets"; }
+
+  // /bin/sh -c `script` as uid:gid without supplementary groups, through Sh() (so MNT, STORE,
+  // ... are in its environment).
+  CommandResult AsUser(uid_t uid, gid_t gid, const std::string& script) {
+    return Sh("exec setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(gid) +
+              " --clear-groups -- /bin/sh -c " + ShellQuote(script));
+  }
 
   // Syncs the mount at `mountpoint` (default mnt()) through .keyfs/sync and expects success.
   // Use as ASSERT_NO_FATAL_FAILURE(SyncMount()).

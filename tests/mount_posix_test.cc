@@ -85,18 +85,6 @@ std::string ModeOf(const std::string& path) {
          Octal(st.st_mode);
 }
 
-std::string ShellQuote(const std::string& s) {
-  std::string r = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      r += "'\\''";
-    } else {
-      r += c;
-    }
-  }
-  return r + "'";
-}
-
 // The lines of `text`, sorted, without those for which `drop` holds.
 std::vector<std::string> SortedLines(const std::string& text,
                                      const std::function<bool(const std::string&)>& drop) {
@@ -177,13 +165,6 @@ class PosixMountTest : public EngineMountTest {
     ASSERT_NO_FATAL_FAILURE(Remount("allow_other,default_permissions"));
     ASSERT_EQ(mkdir(P("w").c_str(), 0777), 0) << Err(errno);
     ASSERT_EQ(chmod(P("w").c_str(), 0777), 0) << Err(errno);
-  }
-
-  // /bin/sh -c `script` as uid:gid without supplementary groups, through Sh() (so MNT, STORE,
-  // ... are in its environment).
-  CommandResult AsUser(uid_t uid, gid_t gid, const std::string& script) {
-    return Sh("exec setpriv --reuid=" + std::to_string(uid) + " --regid=" + std::to_string(gid) +
-              " --clear-groups -- /bin/sh -c " + ShellQuote(script));
   }
 
   // The opposite of Seed: deletes `key` so that keyfsctl and -o ro mounts see it gone
