@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -21,8 +22,12 @@ namespace {
 
 const std::string& StorePath() {
   static const std::string path = [] {
-    char dir[] = "/tmp/keyfs-fuzz-XXXXXX";
+    static char dir[] = "/tmp/keyfs-fuzz-XXXXXX";
     if (mkdtemp(dir) == nullptr) std::abort();
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    });
     return std::string(dir) + "/store";
   }();
   return path;
