@@ -46,8 +46,7 @@ void Invalidator::InvalidateKeyThenReply(fuse_req_t req, const std::string& key,
     fuse_reply_err(req, err);
     return;
   }
-  it.reply = req;
-  it.err = err;
+  it.then = [req, err] { fuse_reply_err(req, err); };
   Push(std::move(it));
 }
 
@@ -122,7 +121,6 @@ void Invalidator::Run() {
                                                                  it.name.size());
       if (r != 0 && r != -ENOENT) spdlog::debug("invalidation failed: {}", strerror(-r));
     }
-    if (it.reply != nullptr) fuse_reply_err(it.reply, it.err);
     if (it.then) it.then();
   }
 }

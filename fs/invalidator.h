@@ -63,9 +63,7 @@ class Invalidator {
   struct Item {
     uint64_t node = 0;           // 0: nothing to invalidate
     std::string name;            // empty: the node's attributes and pages; else its dentry `name`
-    fuse_req_t reply = nullptr;  // answered with `err` once the invalidation is done
-    int err = 0;
-    std::function<void()> then;  // called once the invalidation is done
+    std::function<void()> then;  // called once the invalidation is done (answers a request)
   };
   void Push(Item item);
   void Run();

@@ -76,28 +76,25 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
   // and its retried lookup (same thread, LOOKUP_REVAL) answers a writer node. A retry that
   // lands on such a node again (a path the VFS does not look up again, /proc/self/fd/N)
   // gets EBUSY: a reader's pages must never grow under it.
-  const bool retried = table.HasWriterReservation(key, c.pid);
-  bool tainted = false, busy = false;
+  bool tainted = false, readers = false;
   table.WithNode(ino, [&](Node& n) {
     if (n.unlinked) return;
     if (!n.tainted) {
-      if (n.cached_readers > 0) {
-        busy = retried;
-        return;
-      }
+      readers = n.cached_readers > 0;
+      if (readers) return;
       n.tainted = true;
     }
     tainted = true;
   });
-  if (busy) {
-    table.WriterOpened(key, c.pid);
-    spdlog::info(
-        "open of {} for writing refused (EBUSY): it is open for reading through the "
-        "same path",
-        key);
-    return EBUSY;
-  }
   if (!tainted) {
+    if (readers && table.HasWriterReservation(key, c.pid)) {  // a retry, on the same node
+      table.WriterOpened(key, c.pid);
+      spdlog::info(
+          "open of {} for writing refused (EBUSY): it is open for reading through the "
+          "same path",
+          key);
+      return EBUSY;
+    }
     table.ReserveForWriter(key, c.pid);
     FsCounters::Bump(counters.estale);
     return ESTALE;
