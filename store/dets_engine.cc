@@ -96,6 +96,7 @@
 #include "file_util.h"
 #include "format.h"
 #include "overlay.h"
+#include "publish.h"
 #include "store_watcher.h"
 
 namespace keyfs {
@@ -1324,22 +1325,8 @@ StatusOr<std::unique_ptr<Engine>> OpenDetsEngine(const std::string& path,
 }
 
 Status CreateDetsStore(const std::string& path, Env* env) {
-  if (env == nullptr) env = Env::Default();
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-create";
-  auto file = env->NewExclusiveFile(tmp);
-  if (!file.ok()) return file.status();
-  Status s = WriteEmptyFile(file->get(), NowNs());
-  if (s.ok()) s = (*file)->Sync();
-  if (s.ok()) s = (*file)->Close();
-  if (s.ok() && ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
-    s = errno == EEXIST ? Status::AlreadyExists(path + " already exists")
-                        : Status::FromErrno(errno, "create " + path);
-  }
-  if (!s.ok()) {
-    (void)env->RemoveFile(tmp);
-    return s;
-  }
-  return env->SyncDir(DirName(path));
+  return CreateFileAtomically(env ? env : Env::Default(), path,
+                              [](WritableFile* f) { return WriteEmptyFile(f, NowNs()); });
 }
 
 Status VerifyDetsStore(const std::string& path, std::vector<std::string>* report) {

@@ -2,6 +2,7 @@
 #include "keyfs/store/env.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -77,6 +78,14 @@ class PosixEnv final : public Env {
 
   Status Rename(const std::string& from, const std::string& to) override {
     if (::rename(from.c_str(), to.c_str()) != 0) {
+      return Status::FromErrno(errno, "rename " + from + " to " + to);
+    }
+    return Status::OK();
+  }
+
+  Status RenameNoReplace(const std::string& from, const std::string& to) override {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
+      if (errno == EEXIST) return Status::AlreadyExists(to + " already exists");
       return Status::FromErrno(errno, "rename " + from + " to " + to);
     }
     return Status::OK();

@@ -47,6 +47,7 @@
 #include "format.h"
 #include "keyfs/store/snapshot.h"
 #include "overlay.h"
+#include "publish.h"
 #include "store_watcher.h"
 #include "table_builder.h"
 
@@ -607,31 +608,15 @@ StatusOr<std::unique_ptr<Engine>> OpenSnapshotEngine(const std::string& path,
 }
 
 Status CreateSnapshotStore(const std::string& path, Env* env) {
-  if (env == nullptr) env = Env::Default();
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-create";
-  auto file = env->NewExclusiveFile(tmp);
-  if (!file.ok()) return file.status();
-  Status s;
-  {
+  return CreateFileAtomically(env ? env : Env::Default(), path, [](WritableFile* f) {
     const int64_t now = NowNs();
     Meta root = Meta::Dir(0755);
     root.uid = ::geteuid();
     root.gid = ::getegid();
     root.mtime_ns = root.ctime_ns = root.atime_ns = now;
-    TableBuilder builder(file->get(), 1, now, root, 0);
-    s = builder.Finish();
-  }
-  if (s.ok()) s = (*file)->Sync();
-  if (s.ok()) s = (*file)->Close();
-  if (s.ok() && ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
-    s = errno == EEXIST ? Status::AlreadyExists(path + " already exists")
-                        : Status::FromErrno(errno, "create " + path);
-  }
-  if (!s.ok()) {
-    (void)env->RemoveFile(tmp);
-    return s;
-  }
-  return env->SyncDir(DirName(path));
+    TableBuilder builder(f, 1, now, root, 0);
+    return builder.Finish();
+  });
 }
 
 }  // namespace keyfs

@@ -47,6 +47,10 @@ class FaultEnv final : public Env {
     if (fail_rename) return Status::FromErrno(EIO, "rename (injected)");
     return Env::Default()->Rename(from, to);
   }
+  Status RenameNoReplace(const std::string& from, const std::string& to) override {
+    if (fail_rename) return Status::FromErrno(EIO, "rename (injected)");
+    return Env::Default()->RenameNoReplace(from, to);
+  }
   Status SyncDir(const std::string& dir) override {
     if (fail_sync_dir > 0) {
       --fail_sync_dir;

@@ -77,6 +77,10 @@ class FaultEnv final : public Env {
     if (int err = Next(kRename)) return Status::FromErrno(err, "injected: rename " + from);
     return base_->Rename(from, to);
   }
+  Status RenameNoReplace(const std::string& from, const std::string& to) override {
+    if (int err = Next(kRename)) return Status::FromErrno(err, "injected: rename " + from);
+    return base_->RenameNoReplace(from, to);
+  }
   Status SyncDir(const std::string& dir) override {
     if (int err = Next(kSyncDir)) return Status::FromErrno(err, "injected: fsync " + dir);
     return base_->SyncDir(dir);

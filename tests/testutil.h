@@ -27,9 +27,10 @@ namespace keyfs::test {
 // A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
 class TempDir {
  public:
-  TempDir() {
-    const char* base = getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/keyfs-test-XXXXXX";
+  TempDir() : TempDir(getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp") {}
+  // Under `base`, e.g. /dev/shm for tests that fsync often and need no real disk.
+  explicit TempDir(const std::string& base) {
+    std::string tmpl = base + "/keyfs-test-XXXXXX";
     char* p = mkdtemp(tmpl.data());
     if (p == nullptr) abort();
     path_ = p;

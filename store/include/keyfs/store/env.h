@@ -42,6 +42,8 @@ class Env {
   virtual StatusOr<std::unique_ptr<WritableFile>> NewExclusiveFile(const std::string& path) = 0;
   // rename(2): replaces `to` atomically.
   virtual Status Rename(const std::string& from, const std::string& to) = 0;
+  // renameat2(RENAME_NOREPLACE): AlreadyExists if `to` exists, which is left alone.
+  virtual Status RenameNoReplace(const std::string& from, const std::string& to) = 0;
   // fsync of a directory, so a rename in it is durable.
   virtual Status SyncDir(const std::string& dir) = 0;
   virtual Status RemoveFile(const std::string& path) = 0;
