@@ -281,6 +281,10 @@ TEST_P(PowerLossTest, EveryStepOfCreate) {
     PowerLossEnv env(dir_.path());
     ASSERT_OK(CreateStore(path, kind(), &env));
     steps = env.steps();
+    env.ApplyPowerLoss(Survival::kNone);  // created means durable
+    OpenOptions o;
+    o.read_only = true;
+    ASSERT_OK(OpenStore(path, o).status());
   }
   for (int cut = 1; cut <= steps; ++cut) {
     RemoveAllIn(dir_.path());
@@ -344,6 +348,12 @@ TEST_P(PowerLossTest, EveryStepOfUpgrade) {
     open_steps = env.steps();
     e->reset();
     steps = env.steps();
+    env.ApplyPowerLoss(Survival::kNone);  // an open that returned has upgraded for good
+    o.env = nullptr;
+    o.read_only = true;
+    auto upgraded = OpenStore(path_, o);
+    ASSERT_OK(upgraded.status());
+    EXPECT_EQ((*upgraded)->Stats().format_version, 2u);
   }
   ASSERT_GT(steps, 0) << "nothing was upgraded";
   for (int cut = 1; cut <= steps; ++cut) {
