@@ -93,6 +93,7 @@
 #include "dets_buffer.h"
 #include "dets_file.h"
 #include "dets_merge.h"
+#include "failpoint.h"
 #include "file_util.h"
 #include "format.h"
 #include "overlay.h"
@@ -1125,6 +1126,7 @@ class DetsEngineImpl final : public Engine {
       return Status::OK();
     }
 
+    (void)FailPoint("dets.frozen");
     // MERGING.
     const std::string tmp =
         path_ + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++temp_counter_);
@@ -1156,16 +1158,20 @@ class DetsEngineImpl final : public Engine {
       s = Status::IOError("out of memory during a sync");
     }
     // RENAMING.
+    if (s.ok()) s = FailPoint("dets.merged");
     if (s.ok()) s = f->Sync();
+    if (s.ok()) s = FailPoint("dets.file_synced");
     if (s.ok()) s = env_->Rename(tmp, path_);
     if (!s.ok()) {
       (void)f->Close();
       (void)env_->RemoveFile(tmp);
       return s;
     }
+    (void)FailPoint("dets.renamed");
     int fd = ::dup(f->fd());
     Status sync_dir = env_->SyncDir(dir_);
     if (!sync_dir.ok()) sync_dir = env_->SyncDir(dir_);  // once more before giving up
+    if (sync_dir.ok()) sync_dir = FailPoint("dets.dir_synced");
     (void)f->Close();
     if (fd < 0) return Status::FromErrno(errno, "dup");
     auto opened = DetsFile::OpenFd(fd, path_);
@@ -1191,6 +1197,7 @@ class DetsEngineImpl final : public Engine {
       }
     }
     layers.clear();
+    (void)FailPoint("dets.published");
     // Usually the last reference: unmapped (and its blocks freed, which takes a while for a
     // big file) once the Sync() callers have their answer, on this thread, not a reader's.
     retired_.push_back(std::move(old));

@@ -7,6 +7,8 @@
 
 #include <cerrno>
 
+#include "failpoint.h"
+
 namespace keyfs {
 namespace {
 
@@ -24,6 +26,7 @@ class PosixWritableFile final : public WritableFile {
   }
 
   Status WriteAt(uint64_t offset, std::string_view data) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.write"));
     const char* p = data.data();
     size_t left = data.size();
     while (left > 0) {
@@ -41,6 +44,7 @@ class PosixWritableFile final : public WritableFile {
   }
 
   Status Sync() override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.fsync"));
     if (::fdatasync(fd_) != 0) return Status::FromErrno(errno, "fsync " + path_);
     return Status::OK();
   }
@@ -56,6 +60,7 @@ class PosixWritableFile final : public WritableFile {
   int fd() const override { return fd_; }
 
   Status Truncate(uint64_t size) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.truncate"));
     if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
       return Status::FromErrno(errno, "truncate " + path_);
     }
@@ -71,12 +76,14 @@ class PosixWritableFile final : public WritableFile {
 class PosixEnv final : public Env {
  public:
   StatusOr<std::unique_ptr<WritableFile>> NewExclusiveFile(const std::string& path) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.create"));
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return Status::FromErrno(errno, "create " + path);
     return std::unique_ptr<WritableFile>(new PosixWritableFile(fd, path));
   }
 
   Status Rename(const std::string& from, const std::string& to) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.rename"));
     if (::rename(from.c_str(), to.c_str()) != 0) {
       return Status::FromErrno(errno, "rename " + from + " to " + to);
     }
@@ -84,6 +91,7 @@ class PosixEnv final : public Env {
   }
 
   Status RenameNoReplace(const std::string& from, const std::string& to) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.rename"));
     if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
       if (errno == EEXIST) return Status::AlreadyExists(to + " already exists");
       return Status::FromErrno(errno, "rename " + from + " to " + to);
@@ -92,6 +100,7 @@ class PosixEnv final : public Env {
   }
 
   Status SyncDir(const std::string& dir) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.fsync_dir"));
     int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return Status::FromErrno(errno, "open directory " + dir);
     int r = ::fsync(fd);
@@ -108,6 +117,7 @@ class PosixEnv final : public Env {
   }
 
   Status Link(const std::string& from, const std::string& to) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.link"));
     if (::link(from.c_str(), to.c_str()) != 0) {
       return Status::FromErrno(errno, "link " + from + " to " + to);
     }
@@ -115,6 +125,7 @@ class PosixEnv final : public Env {
   }
 
   Status RemoveFile(const std::string& path) override {
+    KEYFS_RETURN_IF_ERROR(FailPoint("env.remove"));
     if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, "remove " + path);
     return Status::OK();
   }

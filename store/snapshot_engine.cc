@@ -43,6 +43,7 @@
 #include <optional>
 #include <thread>
 
+#include "failpoint.h"
 #include "file_util.h"
 #include "format.h"
 #include "keyfs/store/snapshot.h"
@@ -419,6 +420,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       // A version-1 base needs nothing special: its lookups count the child directories
       // the new table stores.
       Status failure;
+      (void)FailPoint("snapshot.commit_begin");
       auto built = WriteTable(overlay, gen, now, &failure);
       if (!built.ok()) {
         for (Pending* p : accepted) p->result = built.status();
@@ -450,6 +452,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     // The listener runs before the callers are released: once Commit returns, caches
     // that listen (the kernel's, via fs/) have already dropped what changed.
     if (event) Notify(std::move(*event));
+    (void)FailPoint("snapshot.published");
     Answer(accepted);
   }
 
@@ -491,7 +494,9 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       if (s.ok()) s = builder.Finish();
       if (s.ok() && recycled) s = f->Truncate(builder.file_size());
     }
+    if (s.ok()) s = FailPoint("snapshot.table_written");
     if (s.ok()) s = f->Sync();
+    if (s.ok()) s = FailPoint("snapshot.table_synced");
     // Keep the file STORE names now under a spare name: its blocks are recycled by a later
     // commit instead of freed (freeing costs 1-2 ms on ext4 with online discard).
     std::string spare =
@@ -518,9 +523,11 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       return s;
     }
     if (linked) spares_.push_back(spare);
+    (void)FailPoint("snapshot.renamed");
     int fd = ::dup(f->fd());
     Status sync_dir = env_->SyncDir(dir_);
     if (!sync_dir.ok()) sync_dir = env_->SyncDir(dir_);  // once more before giving up
+    if (sync_dir.ok()) sync_dir = FailPoint("snapshot.dir_synced");
     (void)f->Close();
     if (fd < 0) return Status::FromErrno(errno, "dup");
     auto t = SnapshotTable::OpenFd(fd, path_);  // converts our lock to shared
