@@ -91,6 +91,9 @@ struct WriteHandle final : Handle {
   bool privs_dropped = false;  // DropPrivs committed the mode without setuid/setgid           //
                                // ... and whether that writer is in the file's group
   uint64_t edits = 0;          // bumps on every change, to tell if a commit covered them
+  // `edits` when the commit of a close() (FLUSH) failed and close() returned the error: the
+  // RELEASE that follows must not commit those same changes after all. ~0: none failed.
+  uint64_t close_failed_at = ~uint64_t{0};
   std::atomic<uint64_t> last_change{0};  // WriterRegistry::Changed() order of its last change
   Meta create_meta;                      // for a file this handle created
   int64_t explicit_mtime = kTimeNow;     // set by utimens after the last write: the commit keeps it

@@ -189,6 +189,12 @@ void Filesystem::Impl::DoRelease(uint64_t ino, Handle* h) {
   {
     std::lock_guard<std::mutex> l(w->mu);
     pending = w->dirty || w->truncated;
+    if (w->dirty && w->close_failed_at == w->edits) {
+      // close() returned this commit's error: the writer was told nothing changed, and
+      // nothing does (SPEC §4: the previous state stays served).
+      pending = false;
+      spdlog::info("release: dropped the changes whose close() reported an error");
+    }
   }
   if (pending) {
     // A truncate-only handle (`: > k`, open(O_TRUNC) + close) commits here. RELEASE is
@@ -316,6 +322,10 @@ void Filesystem::Impl::Flush(fuse_req_t req, fuse_file_info* fi) {
   Async(req, [this, req, h, keep = HandleRef(Ref(h))] {
     std::string key;
     int err = CommitForClose(h, &key);
+    if (err != 0) {
+      std::lock_guard<std::mutex> l(h->mu);
+      if (h->dirty) h->close_failed_at = h->edits;
+    }
     invalidator.InvalidateKeyThenReply(req, key, err);
   });
 }
