@@ -1,7 +1,8 @@
-// Store files written by earlier versions of keyfs (tests/testdata/README.md) are read by
-// this one: every entry and its metadata as they were written, a read-only open never
-// writes, a read-write open upgrades the file to the current format version with nothing
-// lost, and damaged copies are refused with a Corruption that says where.
+// Store files of every format version, written by the code of that version
+// (tests/testdata/README.md), are read by this one: every entry and its metadata as they
+// were written, a read-only open never writes, a read-write open upgrades an older file to
+// the current format version with nothing lost, and damaged copies are refused with a
+// Corruption that says where.
 // The checked-in files are only ever copied: a test works on its own copy.
 #include <dirent.h>
 #include <gtest/gtest.h>
@@ -46,41 +47,63 @@ std::string TestData(const std::string& name) {
 constexpr int64_t kFileTime = 1'577'934'245'123'456'789;  // 2020-01-02T03:04:05.123456789Z
 constexpr int64_t kDirTime = 1'577'836'799'250'000'000;   // 2019-12-31T23:59:59.25Z
 constexpr int64_t kLinkTime = 1'620'284'889'500'000'000;  // 2021-05-06T07:08:09.5Z
+// Version 2's tree fixes the other directories' times and sets some atimes apart.
+constexpr int64_t kDirTimeV2 = 1'531'041'011'987'654'321;    // 2018-07-08T09:10:11.987654321Z
+constexpr int64_t kAtimeV2 = 1'643'861'106'000'000'007;      // 2022-02-03T04:05:06.000000007Z
+constexpr int64_t kLinkAtimeV2 = 1'677'906'367'800'000'000;  // 2023-03-04T05:06:07.8Z
+constexpr int64_t kZeroAtimeV2 = -500'000'000;               // 1969-12-31T23:59:59.5Z
 
-// One file of tests/testdata and what it holds (README.md; the mtimes of the directories
-// made at import, and the commit times, dumped once from the files).
-struct V1File {
+// One file of tests/testdata and what it holds (README.md; the times the recipe does not
+// fix, the commit times and the versions dumped once from the files).
+struct CheckedInFile {
   const char* name;
   EngineKind kind;
-  int64_t commit_ns;       // the header's commit time: every ctime, and the root's times
+  uint32_t version;        // the format version it was written in
+  int64_t commit_ns;       // the header's commit time: every ctime, the root's mtime
   uint64_t entry_version;  // every entry's
   int64_t data_mtime, etc_mtime, nginx_mtime;
+  int64_t root_atime;     // version 1 stores no root: its times are the commit time
+  uint64_t root_version;  // version 1: 0
 };
-const V1File kFiles[] = {
-    {"format_v1.snapshot", EngineKind::kSnapshot, 1'796'286'220'463'646'336, 2,
-     1'796'286'215'750'638'311, 1'796'286'215'755'514'972, 1'796'286'215'742'638'311},
-    {"format_v1.dets", EngineKind::kDets, 1'796'286'220'478'395'635, 1, 1'796'286'215'750'638'311,
-     1'796'286'215'755'514'972, 1'796'286'215'742'638'311},
+const CheckedInFile kFiles[] = {
+    {"format_v1.snapshot", EngineKind::kSnapshot, 1, 1'796'286'220'463'646'336, 2,
+     1'796'286'215'750'638'311, 1'796'286'215'755'514'972, 1'796'286'215'742'638'311,
+     1'796'286'220'463'646'336, 0},
+    {"format_v1.dets", EngineKind::kDets, 1, 1'796'286'220'478'395'635, 1,
+     1'796'286'215'750'638'311, 1'796'286'215'755'514'972, 1'796'286'215'742'638'311,
+     1'796'286'220'478'395'635, 0},
+    {"format_v2.snapshot", EngineKind::kSnapshot, 2, 1'796'314'351'738'252'328, 2, kDirTimeV2,
+     kDirTimeV2, kDirTimeV2, 1'796'314'351'712'029'670, 2},
+    {"format_v2.dets", EngineKind::kDets, 2, 1'796'314'352'079'713'110, 1, kDirTimeV2, kDirTimeV2,
+     kDirTimeV2, 1'796'314'352'048'266'602, 1},
 };
+
+void PrintTo(const CheckedInFile& f, std::ostream* os) { *os << f.name; }
+
+uint32_t CurrentVersion(EngineKind kind) {
+  return kind == EngineKind::kSnapshot ? format::kSnapVersion : format::kDetsVersion;
+}
 
 struct Want {
   EntryType type;
   uint32_t mode, uid, gid, subdirs;
-  int64_t mtime;
+  int64_t mtime, atime;
   std::string value;
 };
 
-std::map<std::string, Want> Expected(const V1File& f) {
+std::map<std::string, Want> Expected(const CheckedInFile& f) {
   const std::string blob = ReadAll(TestData("format_v1.blob"));
   EXPECT_EQ(blob.size(), 3000u);
+  // Version 1 has no atime: it reads as the mtime.
   const auto dir = [](uint32_t mode, uint32_t subdirs, int64_t mtime) {
-    return Want{EntryType::kDir, mode, 0, 0, subdirs, mtime, ""};
+    return Want{EntryType::kDir, mode, 0, 0, subdirs, mtime, mtime, ""};
   };
   const auto file = [](uint32_t mode, std::string value) {
-    return Want{EntryType::kFile, mode, 0, 0, 0, kFileTime, std::move(value)};
+    return Want{EntryType::kFile, mode, 0, 0, 0, kFileTime, kFileTime, std::move(value)};
   };
   std::map<std::string, Want> w;
-  w[""] = dir(0755, 2, f.commit_ns);  // the root version 1 implies
+  w[""] = dir(0755, 2, f.commit_ns);  // written by create and import (v1: implied)
+  w[""].atime = f.root_atime;
   w["data"] = dir(0755, 0, f.data_mtime);
   w["data/blob"] = file(04755, blob);
   w["etc"] = dir(0755, 2, f.etc_mtime);
@@ -92,9 +115,17 @@ std::map<std::string, Want> Expected(const V1File& f) {
   w["etc/nginx/nginx.conf"].gid = 1001;
   w["etc/nginx/sites-enabled"] = dir(0755, 0, kDirTime);
   w["etc/nginx/sites-enabled/default"] =
-      Want{EntryType::kSymlink, 0777, 0, 0, 0, kLinkTime, "../default"};
+      Want{EntryType::kSymlink, 0777, 0, 0, 0, kLinkTime, kLinkTime, "../default"};
   w["etc/secret"] = file(0600, "secret\n");
   w["etc/zero"] = file(0644, "");
+  if (f.version >= 2) {
+    w["etc/nginx"].uid = 1000;
+    w["etc/nginx"].gid = 1001;
+    w["etc/nginx/nginx.conf"].atime = kAtimeV2;
+    w["etc/empty"].atime = kAtimeV2;
+    w["etc/nginx/sites-enabled/default"].atime = kLinkAtimeV2;
+    w["etc/zero"].atime = kZeroAtimeV2;
+  }
   return w;
 }
 
@@ -124,7 +155,7 @@ void Dump(const Engine& e, const std::string& dir, std::map<std::string, Record>
 }
 
 // The whole content of `e` is what `f` was written with.
-void CheckContent(const Engine& e, const V1File& f) {
+void CheckContent(const Engine& e, const CheckedInFile& f) {
   std::map<std::string, Record> got;
   ASSERT_NO_FATAL_FAILURE(Dump(e, "", &got));
   const auto want = Expected(f);
@@ -141,10 +172,10 @@ void CheckContent(const Engine& e, const V1File& f) {
     EXPECT_EQ(r.meta.gid, w.gid);
     EXPECT_EQ(r.meta.subdirs, w.subdirs);
     EXPECT_EQ(r.meta.mtime_ns, w.mtime);
-    EXPECT_EQ(r.meta.atime_ns, w.mtime);  // version 1 has no atime: it reads as the mtime
+    EXPECT_EQ(r.meta.atime_ns, w.atime);
     EXPECT_EQ(r.meta.ctime_ns, f.commit_ns);
     EXPECT_EQ(r.value, w.value);
-    EXPECT_EQ(r.version, k.empty() ? 0 : f.entry_version);
+    EXPECT_EQ(r.version, k.empty() ? f.root_version : f.entry_version);
   }
 }
 
@@ -161,12 +192,14 @@ std::vector<std::string> DirNames(const std::string& dir) {
   return names;
 }
 
-class FormatV1 : public ::testing::TestWithParam<V1File> {
+// Each checked-in file, of every format version and engine.
+class FormatCompat : public ::testing::TestWithParam<CheckedInFile> {
  protected:
   void SetUp() override {
     original_ = ReadAll(TestData(GetParam().name));
     ASSERT_GT(original_.size(), 64u);
-    ASSERT_EQ(Load32(original_, 8), 1u) << "the checked-in file is not version 1";
+    ASSERT_EQ(Load32(original_, 8), GetParam().version)
+        << "the checked-in file is not of the version it is named for";
     WriteAll(path_, original_);
   }
   StatusOr<std::unique_ptr<Engine>> Open(bool read_only) {
@@ -183,44 +216,57 @@ class FormatV1 : public ::testing::TestWithParam<V1File> {
   std::string original_;
 };
 
-TEST_P(FormatV1, ReadOnlyReadsEverythingAndWritesNothing) {
+TEST_P(FormatCompat, ReadOnlyReadsEverythingAndWritesNothing) {
+  const CheckedInFile& f = GetParam();
   {
     auto e = Open(/*read_only=*/true);
     ASSERT_TRUE(e.ok()) << e.status().ToString();
-    EXPECT_EQ((*e)->Stats().format_version, 1u);
-    ASSERT_NO_FATAL_FAILURE(CheckContent(**e, GetParam()));
+    EXPECT_EQ((*e)->Stats().format_version, f.version);
+    ASSERT_NO_FATAL_FAILURE(CheckContent(**e, f));
     EXPECT_EQ((*e)->Commit(Batch().Put("x", "y")).code(), Status::Code::kReadOnly);
   }
   std::vector<std::string> report;
   ASSERT_OK(VerifyStore(path_, &report));
   ASSERT_FALSE(report.empty());
-  EXPECT_NE(report[0].find("format version 1"), std::string::npos) << report[0];
+  EXPECT_NE(report[0].find("format version " + std::to_string(f.version)), std::string::npos)
+      << report[0];
   EXPECT_EQ(ReadAll(path_), original_) << "a read-only open or verify changed the file";
   EXPECT_EQ(DirNames(dir_.path()), std::vector<std::string>{"STORE"});
 }
 
-TEST_P(FormatV1, ReadWriteOpenUpgradesToVersion2) {
+// A read-write open upgrades an older file to the current version before anything else
+// (and leaves a current one as it is); nothing is lost either way.
+TEST_P(FormatCompat, ReadWriteOpenUpgradesToTheCurrentVersion) {
+  const CheckedInFile& f = GetParam();
+  const uint32_t current = CurrentVersion(f.kind);
   {
     auto e = Open(/*read_only=*/false);
     ASSERT_TRUE(e.ok()) << e.status().ToString();
     const EngineStats st = (*e)->Stats();
-    EXPECT_EQ(st.format_version, 2u);
-    EXPECT_EQ(st.last_commit_ns, GetParam().commit_ns);  // nothing was committed
-    ASSERT_NO_FATAL_FAILURE(CheckContent(**e, GetParam()));
+    EXPECT_EQ(st.format_version, current);
+    EXPECT_EQ(st.last_commit_ns, f.commit_ns);  // nothing was committed
+    ASSERT_NO_FATAL_FAILURE(CheckContent(**e, f));
     // Already on disk, before any commit or sync.
     const std::string now = ReadAll(path_);
-    EXPECT_EQ(Load32(now, 8), 2u);
+    EXPECT_EQ(Load32(now, 8), current);
+    if (f.version == current) {
+      EXPECT_EQ(now, original_) << "a current file was rewritten";
+    }
   }
   EXPECT_EQ(DirNames(dir_.path()), (std::vector<std::string>{"STORE", "STORE.lock"}));
+  if (f.version == current) {
+    EXPECT_EQ(ReadAll(path_), original_) << "a current file was rewritten at close";
+  }
   std::vector<std::string> report;
   ASSERT_OK(VerifyStore(path_, &report));
-  EXPECT_NE(report[0].find("format version 2"), std::string::npos) << report[0];
-  // Read again as a version-2 file: the same entries, times and counts.
+  EXPECT_NE(report[0].find("format version " + std::to_string(current)), std::string::npos)
+      << report[0];
+  // Read again as a current file: the same entries, times and counts.
   {
     auto e = Open(/*read_only=*/true);
     ASSERT_TRUE(e.ok()) << e.status().ToString();
-    EXPECT_EQ((*e)->Stats().format_version, 2u);
-    ASSERT_NO_FATAL_FAILURE(CheckContent(**e, GetParam()));
+    EXPECT_EQ((*e)->Stats().format_version, current);
+    ASSERT_NO_FATAL_FAILURE(CheckContent(**e, f));
   }
   // And it takes commits, which keep the counts and the directory times.
   {
@@ -232,7 +278,7 @@ TEST_P(FormatV1, ReadWriteOpenUpgradesToVersion2) {
     auto etc = (*e)->Get("etc");
     ASSERT_OK(etc.status());
     EXPECT_EQ(etc->meta.subdirs, 2u);  // nginx, conf.d
-    EXPECT_GT(etc->meta.mtime_ns, GetParam().etc_mtime);
+    EXPECT_GT(etc->meta.mtime_ns, f.etc_mtime);
     auto blob = (*e)->Get("data/blob");
     ASSERT_OK(blob.status());
     EXPECT_EQ(blob->value, ReadAll(TestData("format_v1.blob")));
@@ -242,12 +288,15 @@ TEST_P(FormatV1, ReadWriteOpenUpgradesToVersion2) {
 
 // A damaged copy is refused with a Corruption that names what and where; a read-write
 // open of it does not upgrade (or otherwise touch) it.
-TEST_P(FormatV1, DamagedCopiesAreRefused) {
+TEST_P(FormatCompat, DamagedCopiesAreRefused) {
   const bool dets = GetParam().kind == EngineKind::kDets;
-  // Offsets of the version-1 layout (FORMAT.md): the snapshot header at 0 (its entry count
-  // at 40), records from 4096; the dets header ends 8 bytes before the end of the file (its
-  // entry count at 40 from its start, 12432 bytes before the end), buckets from 64.
-  const uint64_t header_byte = dets ? original_.size() - 12432 + 40 : 40;
+  // Offsets of the layout (FORMAT.md): the snapshot header at 0 (its entry count at 40),
+  // records from 4096; the dets header ends 8 bytes before the end of the file (its entry
+  // count at 40 from its start), buckets from 64.
+  const uint64_t dets_header_size =
+      GetParam().version == 1 ? format::kDetsHeaderSizeV1 : format::kDetsHeaderSize;
+  const uint64_t header_byte =
+      dets ? original_.size() - format::kDetsFooterSize - dets_header_size + 40 : 40;
   const uint64_t entry_byte = dets ? 64 + 30 : 4096 + 40;
   struct Case {
     std::string what, bytes;
@@ -294,8 +343,9 @@ TEST_P(FormatV1, DamagedCopiesAreRefused) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Engines, FormatV1, ::testing::ValuesIn(kFiles), [](const auto& info) {
-  return std::string(EngineKindName(info.param.kind));
+INSTANTIATE_TEST_SUITE_P(Files, FormatCompat, ::testing::ValuesIn(kFiles), [](const auto& info) {
+  return "v" + std::to_string(info.param.version) + "_" +
+         std::string(EngineKindName(info.param.kind));
 });
 
 // Another writer of a snapshot store may still run the code that writes version 1: a
