@@ -1,7 +1,8 @@
 // DetsFile: one dets store file (FORMAT.md §3), read through a read-only mapping. Opening
-// checks the prefix, footer, header, bucket descriptors and the key index directory and
-// reads the bloom filters into memory (verified); entries and hash tables are verified per
-// 4 KiB chunk on first use, key index blocks on first use. Internal to store/.
+// checks the prefix, footer, header, bucket descriptors, the padding after each bucket and
+// the key index directory and reads the bloom filters into memory (verified); entries and
+// hash tables are verified per 4 KiB chunk on first use, key index blocks on first use.
+// Internal to store/.
 #pragma once
 
 #include <sys/types.h>

@@ -728,8 +728,8 @@ TEST_F(SnapshotCorruption, StridedBytesOfLargeStoreAreCaught) {
 }
 
 // FORMAT.md §2: bytes [128, 4096) are zero. No checksum covers them (the header checksum
-// ends at 120, the chunks start at 4096), so only an explicit "is it zero" check in
-// VerifyAll can notice a damaged byte there.
+// ends at 120, the chunks start at 4096), so only an explicit "is it zero" check (the
+// open makes it) can notice a damaged byte there.
 TEST_F(SnapshotCorruption, HeaderPaddingFlipsAreCaught) {
   const Golden& g = *small_;
   const std::string copy = Scratch("STORE");
