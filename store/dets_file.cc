@@ -70,18 +70,20 @@ Status DetsFile::Init(int fd, const std::string& path) {
   size_ = static_cast<uint64_t>(st.st_size);
   const uint64_t min_size = kDetsPrefixSize + kDetsHeaderSizeV1 + kDetsFooterSize;
   if (size_ < min_size) {
-    return Status::Corruption(path + ": file too short for a dets store (" + std::to_string(size_) +
-                              " bytes)");
+    return Status::Corruption(
+        path + ": file too short for a dets store (" + std::to_string(size_) + " bytes): it ends " +
+        (size_ < kDetsPrefixSize ? "inside the prefix" : "with no room for a header and footer") +
+        " at offset " + std::to_string(size_));
   }
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return Status::FromErrno(errno, "mmap " + path);
   base_ = static_cast<const uint8_t*>(p);
 
-  if (std::memcmp(base_, kDetsMagic, 8) != 0) return Corrupt("bad magic", 0);
+  if (std::memcmp(base_, kDetsMagic, 8) != 0) return Corrupt("bad magic in the prefix", 0);
   format_version_ = Load32(base_ + 8);
   if (format_version_ < 1 || format_version_ > kDetsVersion) {
-    return Status::Corruption(path + ": unsupported dets format version " +
-                              std::to_string(format_version_));
+    return Corrupt(
+        "unsupported dets format version " + std::to_string(format_version_) + " in the prefix", 8);
   }
   legacy_ = format_version_ == 1;
   header_size_ = legacy_ ? kDetsHeaderSizeV1 : kDetsHeaderSize;
@@ -92,9 +94,12 @@ Status DetsFile::Init(int fd, const std::string& path) {
   const uint64_t header_off = Load64(base_ + size_ - kDetsFooterSize);
   if (size_ < kDetsPrefixSize + header_size_ + kDetsFooterSize ||
       header_off != size_ - kDetsFooterSize - header_size_) {
-    return Status::Corruption(path + ": footer names header offset " + std::to_string(header_off) +
-                              " but the file is " + std::to_string(size_) +
-                              " bytes (truncated, extended or damaged)");
+    // The header is found only through the footer: where a cut or an append happened is
+    // not known, only that the last 8 bytes are not the footer of this file.
+    return Corrupt("footer names header offset " + std::to_string(header_off) +
+                       " but the file is " + std::to_string(size_) +
+                       " bytes (truncated, extended or damaged)",
+                   size_ - kDetsFooterSize);
   }
   header_off_ = header_off;
   const uint8_t* h = base_ + header_off;
@@ -122,8 +127,9 @@ Status DetsFile::Init(int fd, const std::string& path) {
     root_version_ = Load64(h + kDHRootVersion);
   }
   if (Load64(h + kDHFileSize) != size_) {
-    return Status::Corruption(path + ": file is " + std::to_string(size_) + " bytes, header says " +
-                              std::to_string(Load64(h + kDHFileSize)) + " (truncated or extended)");
+    return Corrupt("file is " + std::to_string(size_) + " bytes, the header says " +
+                       std::to_string(Load64(h + kDHFileSize)) + " (truncated or extended)",
+                   header_off + kDHFileSize);
   }
   generation_ = Load64(h + kDHGeneration);
   sync_time_ns_ = static_cast<int64_t>(Load64(h + kDHSyncTime));
@@ -262,9 +268,7 @@ Status DetsFile::LoadBlooms() {
       const uint64_t at = (c - c0) * kDetsChunkSize;
       const uint64_t len = std::min<uint64_t>(kDetsChunkSize, chunks.size() - at);
       if (Hash(chunks.data() + at, len) != Load64(sums.data() + 8 * (c - c0))) {
-        return Corrupt(
-            "checksum mismatch in chunk " + std::to_string(c) + " of bucket " + std::to_string(t),
-            b.entries_off + c * kDetsChunkSize);
+        return ChunkMismatch(b, c);
       }
     }
     // The padding is under no checksum: checked here, in bytes read anyway, so no open
@@ -317,16 +321,36 @@ uint64_t DetsFile::hash_slots() const {
   return slots;
 }
 
+Status DetsFile::ChunkMismatch(const DetsBucket& b, uint64_t c) const {
+  // Either the chunk or its checksum is damaged: name both, and what the chunk holds.
+  const uint64_t off = b.entries_off + c * kDetsChunkSize;
+  const uint64_t end = std::min(b.sums_off, off + kDetsChunkSize);
+  const struct {
+    const char* name;
+    uint64_t begin, end;
+  } parts[] = {{"entries", b.entries_off, b.entries_end},
+               {"padding", b.entries_end, b.index_off},
+               {"hash table", b.index_off, b.bloom_off},
+               {"bloom filter", b.bloom_off, b.sums_off}};
+  std::string holds;
+  for (const auto& p : parts) {
+    if (p.begin < p.end && p.begin < end && off < p.end) {
+      holds += holds.empty() ? "" : ", ";
+      holds += p.name;
+    }
+  }
+  return Corrupt("checksum mismatch in chunk " + std::to_string(c) + " of bucket " +
+                     std::to_string(&b - buckets_.data()) + " (" + holds +
+                     "; chunk checksum at offset " + std::to_string(b.sums_off + 8 * c) + ")",
+                 off);
+}
+
 Status DetsFile::CheckChunk(const DetsBucket& b, uint64_t c) const {
   const uint64_t bit = b.chunk_base + c;
   if (TestBit(chunk_ok_.get(), bit)) return Status::OK();  // (CheckRange tests this inline)
   const uint64_t off = b.entries_off + c * kDetsChunkSize;
   const uint64_t len = std::min<uint64_t>(kDetsChunkSize, b.sums_off - off);
-  if (Hash(base_ + off, len) != Load64(base_ + b.sums_off + 8 * c)) {
-    return Corrupt("checksum mismatch in chunk " + std::to_string(c) + " of bucket " +
-                       std::to_string(&b - buckets_.data()),
-                   off);
-  }
+  if (Hash(base_ + off, len) != Load64(base_ + b.sums_off + 8 * c)) return ChunkMismatch(b, c);
   SetBit(chunk_ok_.get(), bit);
   return Status::OK();
 }
@@ -428,11 +452,7 @@ Status DetsFile::ReadChecked(const DetsBucket& b, uint64_t off, uint64_t len,
   for (uint64_t c = c0; c <= c1; ++c) {
     const uint64_t at = (c - c0) * kDetsChunkSize;
     const uint64_t n = std::min<uint64_t>(kDetsChunkSize, chunks.size() - at);
-    if (Hash(chunks.data() + at, n) != sums[c - c0]) {
-      return Corrupt("checksum mismatch in chunk " + std::to_string(c) + " of bucket " +
-                         std::to_string(&b - buckets_.data()),
-                     from + at);
-    }
+    if (Hash(chunks.data() + at, n) != sums[c - c0]) return ChunkMismatch(b, c);
     SetBit(chunk_ok_.get(), b.chunk_base + c);
   }
   out->assign(chunks, off - from, len);

@@ -175,6 +175,8 @@ class DetsFile {
   Status ReadAt(uint64_t off, size_t len, uint8_t* dst) const;
   // Ensures chunk `c` of bucket `b`'s index region has been verified.
   Status CheckChunk(const DetsBucket& b, uint64_t c) const;
+  // The Corruption for chunk `c` of bucket `b` not matching its checksum.
+  Status ChunkMismatch(const DetsBucket& b, uint64_t c) const;
   Status CheckRange(const DetsBucket& b, uint64_t off, uint64_t len) const;
   Status CheckKeyBlock(uint64_t i) const;
   Status VerifyBucket(uint32_t t, std::vector<std::string>* report, uint64_t* max_version,

@@ -23,7 +23,14 @@ StatusOr<EngineKind> DetectEngine(const std::string& path) {
   if (n < 0) return Status::FromErrno(err, "read " + path);
   if (n == 8 && std::memcmp(magic, format::kSnapMagic, 8) == 0) return EngineKind::kSnapshot;
   if (n == 8 && std::memcmp(magic, format::kDetsMagic, 8) == 0) return EngineKind::kDets;
-  return Status::Corruption(path + ": not a keyfs store (unknown magic)");
+  // The magic opens a snapshot's header and a dets file's prefix.
+  if (n < 8) {
+    return Status::Corruption(path + ": not a keyfs store (" + std::to_string(n) +
+                              " bytes): it ends inside the magic of a header or prefix at offset " +
+                              std::to_string(n));
+  }
+  return Status::Corruption(path +
+                            ": not a keyfs store: unknown magic of a header or prefix at offset 0");
 }
 
 Status CreateStore(const std::string& path, EngineKind kind, Env* env) {

@@ -1,6 +1,7 @@
 // SnapshotTable: reads one mmap'd snapshot file (FORMAT.md §2). Opening checks only the
 // header, the zero padding after it and the chunk-checksum array; each 16 KiB chunk is
-// verified on first access.
+// verified on first access. Corruption messages name the region (as FORMAT.md does) and
+// the offset.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -12,7 +13,9 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "format.h"
 #include "keyfs/store/snapshot.h"
@@ -46,6 +49,62 @@ inline bool SameBytes(const uint8_t* a, const char* b, size_t n) {
 
 // Overflow-safe "a + b <= limit".
 bool FitsIn(uint64_t a, uint64_t b, uint64_t limit) { return a <= limit && b <= limit - a; }
+
+// A region of a snapshot file, named as FORMAT.md §2 names it.
+struct Section {
+  const char* name;
+  uint64_t begin, end;
+};
+
+// The regions the header `h` (of `header_size` bytes, its checksum verified) gives the file,
+// in file order, empty ones left out. Only for saying where damage is: the offsets are the
+// header's, not checked (a bogus one gives a wrong name, never a wrong access).
+std::vector<Section> SectionsOf(const uint8_t* h, uint32_t header_size) {
+  const uint64_t sorted = Load64(h + kHSortedOff), slots = Load64(h + kHSlotsOff);
+  const uint64_t sorted_end = sorted + 8 * Load64(h + kHEntryCount);
+  const uint32_t bits = Load32(h + kHSlotBits);
+  const uint64_t slots_end = slots + (bits < 48 ? uint64_t{kSlotSize} << bits : 0);
+  const uint64_t bloom = Load64(h + kHBloomOff), sums = Load64(h + kHSumsOff);
+  const uint64_t bloom_end = bloom + Load64(h + kHBloomBlocks) * kBloomBlockBytes;
+  const Section all[] = {
+      {"header", 0, header_size},          {"header padding", header_size, kSnapDataStart},
+      {"records", kSnapDataStart, sorted}, {"sorted index", sorted, sorted_end},
+      {"padding", sorted_end, slots},      {"hash index", slots, slots_end},
+      {"padding", slots_end, bloom},       {"bloom filter", bloom, bloom_end},
+      {"padding", bloom_end, sums},        {"chunk checksums", sums, Load64(h + kHFileSize)},
+  };
+  std::vector<Section> out;
+  for (const Section& s : all) {
+    if (s.begin < s.end) out.push_back(s);
+  }
+  return out;
+}
+
+// "records, sorted index": the names of the sections [from, to) overlaps, each once.
+std::string SectionsIn(const std::vector<Section>& sections, uint64_t from, uint64_t to) {
+  std::vector<std::string_view> names;
+  for (const Section& s : sections) {
+    if (s.begin < to && from < s.end &&
+        std::find(names.begin(), names.end(), s.name) == names.end()) {
+      names.emplace_back(s.name);
+    }
+  }
+  std::string out;
+  for (std::string_view n : names) {
+    if (!out.empty()) out += ", ";
+    out += n;
+  }
+  return out;
+}
+
+// Where a file that ends at `off` ends: "inside the records", "at the start of the hash index".
+std::string WhereItEnds(const std::vector<Section>& sections, uint64_t off) {
+  for (const Section& s : sections) {
+    if (off == s.begin) return std::string("at the start of the ") + s.name;
+    if (off < s.end) return std::string("inside the ") + s.name;
+  }
+  return "past its end";
+}
 
 }  // namespace
 
@@ -98,19 +157,30 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
   ino_ = st.st_ino;
   size_ = static_cast<uint64_t>(st.st_size);
   if (size_ < kSnapDataStart) {
+    // Say which part of the first page is missing: the header (as long as its version
+    // says, if the file still has one) or the zero padding after it.
+    uint32_t header_size = kSnapHeaderSize;
+    uint8_t v[4];
+    if (::pread(fd, v, sizeof v, kHVersion) == sizeof v && Load32(v) == 1) {
+      header_size = kSnapHeaderSizeV1;
+    }
     return Status::Corruption(path + ": file too short for a snapshot store (" +
-                              std::to_string(size_) + " bytes)");
+                              std::to_string(size_) + " bytes): it ends inside the " +
+                              (size_ < header_size ? "header" : "header padding") + " at offset " +
+                              std::to_string(size_));
   }
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return Status::FromErrno(errno, "mmap " + path);
   base_ = static_cast<const uint8_t*>(p);
 
   const uint8_t* h = base_;
-  if (std::memcmp(h + kHMagic, kSnapMagic, 8) != 0) return Corrupt("bad magic", 0);
+  if (std::memcmp(h + kHMagic, kSnapMagic, 8) != 0) return Corrupt("bad magic in the header", 0);
   format_version_ = Load32(h + kHVersion);
   if (format_version_ < 1 || format_version_ > kSnapVersion) {
-    return Status::Corruption(path + ": unsupported snapshot format version " +
-                              std::to_string(format_version_));
+    return Corrupt(("unsupported snapshot format version " + std::to_string(format_version_) +
+                    " in the header")
+                       .c_str(),
+                   kHVersion);
   }
   legacy_ = format_version_ == 1;
   header_size_ = legacy_ ? kSnapHeaderSizeV1 : kSnapHeaderSize;
@@ -120,9 +190,12 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
   // The header's last 8 bytes are the checksum of the bytes before them.
   const uint32_t sum_off = header_size_ - 8;
   if (Hash(h, sum_off) != Load64(h + sum_off)) return Corrupt("header checksum mismatch", sum_off);
-  if (Load64(h + kHFileSize) != size_) {
-    return Status::Corruption(path + ": file is " + std::to_string(size_) + " bytes, header says " +
-                              std::to_string(Load64(h + kHFileSize)) + " (truncated or extended)");
+  if (const uint64_t want = Load64(h + kHFileSize); want != size_) {
+    const std::string what =
+        "file is " + std::to_string(size_) + " bytes, the header says " + std::to_string(want);
+    if (size_ > want) return Corrupt((what + ": extended past its end").c_str(), want);
+    return Corrupt(
+        (what + ": truncated " + WhereItEnds(SectionsOf(h, header_size_), size_)).c_str(), size_);
   }
   // The zero padding after the header is under no checksum: checked here, in the page the
   // header was just read from, so no open serves (or upgrades) a file damaged there.
@@ -185,12 +258,12 @@ Status SnapshotTable::Init(int fd, const std::string& path) {
     return Corrupt("bad bloom filter offset or size", kHBloomOff);
   }
   if (sums_off_ < bloom_off_ + bloom_blocks_ * kBloomBlockBytes || sums_off_ % 8 != 0) {
-    return Corrupt("bad checksum-array offset", kHSumsOff);
+    return Corrupt("bad chunk checksums offset", kHSumsOff);
   }
   chunk_count_ = (sums_off_ - kSnapDataStart + kChunkSize - 1) >> kChunkShift;
-  if (size_ - sums_off_ != 8 * chunk_count_) return Corrupt("bad checksum-array size", kHSumsOff);
+  if (size_ - sums_off_ != 8 * chunk_count_) return Corrupt("bad chunk checksums size", kHSumsOff);
   if (Hash(base_ + sums_off_, 8 * chunk_count_) != Load64(h + kHSumsChecksum)) {
-    return Corrupt("checksum-array checksum mismatch", sums_off_);
+    return Corrupt("chunk checksums do not match their checksum in the header", sums_off_);
   }
   verified_.reset(new std::atomic<uint64_t>[(chunk_count_ + 63) / 64]());
   unverified_chunks_.store(chunk_count_, std::memory_order_relaxed);
@@ -208,7 +281,12 @@ Status SnapshotTable::VerifyChunk(uint64_t chunk) const {
   uint64_t off = kSnapDataStart + (chunk << kChunkShift);
   uint64_t len = std::min<uint64_t>(kChunkSize, sums_off_ - off);
   if (Hash(base_ + off, len) != Load64(base_ + sums_off_ + 8 * chunk)) {
-    return Corrupt(("checksum mismatch in chunk " + std::to_string(chunk)).c_str(), off);
+    // Either the chunk or its checksum is damaged: name both.
+    return Corrupt(("checksum mismatch in chunk " + std::to_string(chunk) + " (" +
+                    SectionsIn(SectionsOf(base_, header_size_), off, off + len) +
+                    "; chunk checksum at offset " + std::to_string(sums_off_ + 8 * chunk) + ")")
+                       .c_str(),
+                   off);
   }
   const uint64_t bit = uint64_t{1} << (chunk % 64);
   if (!(verified_[chunk / 64].fetch_or(bit, std::memory_order_relaxed) & bit) &&
