@@ -1,7 +1,8 @@
 // `keyfs_bench snapshot`: the snapshot engine measured against references run in the same
 // process and the same interleaved rounds: lookups against std::unordered_map and
-// absl::flat_hash_map holding the same keys, durable commits against the raw cost of the
-// same durable write on the same disk, and opening a large store against a small one.
+// absl::flat_hash_map holding the same keys, lookups through the engine against the table's
+// own, durable commits against the raw cost of the same durable write on the same disk, and
+// opening a large store against a small one.
 #include "bench_snapshot.h"
 
 #include <absl/container/flat_hash_map.h>
@@ -232,6 +233,65 @@ template <class Map>
   }
   KeepAlive(sink);
   return count;
+}
+
+[[gnu::noinline]] LookupCount GetFromEngine(const Engine& engine,
+                                            const std::vector<std::string>& keys, int passes) {
+  LookupCount count;
+  uint64_t sink = 0;
+  for (int p = 0; p < passes; ++p) {
+    for (const std::string& key : keys) {
+      StatusOr<Record> r = engine.Get(key);
+      if (r.ok()) {
+        ++count.found;
+        sink += r->value.size();
+      } else if (!r.status().IsNotFound()) {
+        ++count.errors;
+      }
+    }
+  }
+  KeepAlive(sink);
+  return count;
+}
+
+// Engine::Get against SnapshotTable::Find on the table the engine serves, in interleaved
+// rounds: what a lookup through the engine adds (the key check, taking the current table,
+// the Record's reference to it). Every key must be found. Informational: no target.
+Status MeasureEngineGets(const std::string& metric, const Engine& engine,
+                         const SnapshotTable& table, const std::vector<std::string>& keys,
+                         int passes, int rounds, Report* report) {
+  const uint64_t ops = keys.size() * static_cast<uint64_t>(passes);
+  Status error;
+  auto check = [&](const char* who, LookupCount c) {
+    if ((c.found == ops && c.errors == 0) || !error.ok()) return;
+    error =
+        Status::Corruption(std::string(who) + ": found " + std::to_string(c.found) + " of " +
+                           std::to_string(ops) + " keys; " + std::to_string(c.errors) + " errors");
+  };
+  const std::vector<Contender> contenders = {
+      {"Engine::Get",
+       [&] {
+         check("Engine::Get", GetFromEngine(engine, keys, passes));
+         return ops;
+       }},
+      {"SnapshotTable::Find",
+       [&] {
+         check("SnapshotTable::Find", FindInTable(table, keys, passes));
+         return ops;
+       }},
+  };
+  const std::vector<std::vector<double>> ns = MeasureInterleaved(contenders, rounds);
+  KEYFS_RETURN_IF_ERROR(error);
+  Figure f;
+  f.metric = metric;
+  f.keyfs = Median(ns[0]);
+  f.unit = Unit::kNanos;
+  f.reference = Median(ns[1]);
+  f.reference_name = "SnapshotTable::Find";
+  f.ratio = PairedRatio(ns[0], ns[1]);
+  f.samples = rounds;
+  report->AddFigure(std::move(f));
+  return Status::OK();
 }
 
 // Looks `keys` up `passes` times per sample in the table and in both maps, in interleaved
@@ -704,6 +764,9 @@ Status Run(const SnapshotBenchOptions& options, Report* report) {
     KEYFS_RETURN_IF_ERROR(MeasureLookups("find hit, " + small_label + " keys", **table, maps,
                                          small.hits, true, sizes.small_passes, sizes.lookup_rounds,
                                          0.5, report));
+    KEYFS_RETURN_IF_ERROR(MeasureEngineGets("engine get hit, " + small_label + " keys", **engine,
+                                            **table, small.hits, sizes.small_passes,
+                                            sizes.lookup_rounds, report));
   }
 
   // Lookups in the big store.
