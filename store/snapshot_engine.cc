@@ -43,6 +43,7 @@
 #include <optional>
 #include <thread>
 
+#include "atomic_shared_ptr.h"
 #include "failpoint.h"
 #include "file_util.h"
 #include "format.h"
@@ -101,7 +102,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   Status Init(bool watch) {
     auto t = SnapshotTable::Open(path_);
     if (!t.ok()) return t.status();
-    current_.store(*t);
+    current_.Exchange(*t);
     if (!read_only_) {
       lock_fd_ = ::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (lock_fd_ < 0) return Status::FromErrno(errno, "open lock file " + lock_path_);
@@ -122,7 +123,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
 
   std::string_view name() const override { return "snapshot"; }
 
-  TableRef Current() const override { return current_.load(std::memory_order_acquire); }
+  TableRef Current() const override { return current_.Load(); }
 
   StatusOr<Record> Get(std::string_view key) const override { return Find(key, true); }
   StatusOr<Record> GetInDirectory(std::string_view key) const override { return Find(key, false); }
@@ -305,7 +306,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   }
 
   void Publish(TableRef t) {
-    TableRef old = current_.exchange(std::move(t), std::memory_order_acq_rel);
+    TableRef old = current_.Exchange(std::move(t));
     std::lock_guard<std::mutex> l(retire_mu_);
     retired_.push_back(std::move(old));
   }
@@ -578,7 +579,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   std::vector<std::string> spares_;  // STORE.old-* files this engine may recycle
   static constexpr size_t kMaxSpares = 3;
 
-  std::atomic<TableRef> current_;
+  AtomicSharedPtr<const SnapshotTable> current_;
 
   // Lock order: publish_mu_ -> (flock) -> mu_ / retire_mu_ / listener_mu_ / count_mu_.
   std::mutex publish_mu_;  // serialises changes of current_ (committer, watcher)
