@@ -37,9 +37,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -47,6 +45,7 @@
 #include "failpoint.h"
 #include "file_util.h"
 #include "format.h"
+#include "keyfs/base/mutex.h"
 #include "keyfs/store/snapshot.h"
 #include "overlay.h"
 #include "publish.h"
@@ -87,10 +86,10 @@ class SnapshotEngineImpl final : public SnapshotEngine {
 
   ~SnapshotEngineImpl() override {
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       stopping_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     if (committer_.joinable()) committer_.join();
     watcher_.reset();
     // Spares speed up commits while the store is open; closed, they would double its
@@ -106,7 +105,10 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     if (!read_only_) {
       lock_fd_ = ::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (lock_fd_ < 0) return Status::FromErrno(errno, "open lock file " + lock_path_);
-      RemoveStaleTemps();
+      {
+        MutexLock pl(&publish_mu_);
+        RemoveStaleTemps();
+      }
       KEYFS_RETURN_IF_ERROR(UpgradeIfOld());
       committer_ = std::thread([this] { CommitterLoop(); });
     }
@@ -162,18 +164,18 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     if (read_only_) return Status::ReadOnly("store opened read-only");
     if (batch.empty()) return Status::OK();
     Pending p{&batch, Status(), false};
-    std::unique_lock<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     if (stopping_) return Status::IOError("engine is shutting down");
     queue_.push_back(&p);
-    cv_.notify_all();
-    done_cv_.wait(l, [&] { return p.done; });
+    cv_.NotifyAll();
+    done_cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return p.done; });
     return std::move(p.result);
   }
 
   Status Sync() override { return Status::OK(); }  // every commit is durable when answered
 
-  Status Refresh() override {
-    std::lock_guard<std::mutex> l(publish_mu_);
+  Status Refresh() override EXCLUDES(publish_mu_) {
+    MutexLock l(&publish_mu_);
     return RefreshLocked(/*notify=*/true);
   }
 
@@ -206,15 +208,17 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   }
 
   void SetChangeListener(ChangeListener listener) override {
-    std::lock_guard<std::mutex> l(listener_mu_);
+    MutexLock l(&listener_mu_);
     listener_ = std::move(listener);
   }
 
  private:
+  // A Commit call waiting for the committer: `result` is written by the committer before
+  // it sets `done` under mu_, and read by the caller once it sees `done`.
   struct Pending {
     const Batch* batch;
     Status result;
-    bool done = false;
+    bool done = false;  // mu_
   };
 
   // NotDirectory if an ancestor of `key` is a file or symlink, else NotFound.
@@ -232,7 +236,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   }
 
   void CountTypes(const TableRef& t, EngineStats* s) const {
-    std::lock_guard<std::mutex> l(count_mu_);
+    MutexLock l(&count_mu_);
     if (counted_generation_ != t->generation() || counted_ino_ != t->ino()) {
       counts_[0] = counts_[1] = counts_[2] = 0;
       EntryRef e;
@@ -251,9 +255,9 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   // A version-1 table opened read-write is rewritten as version 2 at once (every
   // directory's child count computed), under the store lock and published like a commit.
   // Its commit time, and the root's metadata a v1 reader implies, are kept.
-  Status UpgradeIfOld() {
+  Status UpgradeIfOld() EXCLUDES(publish_mu_) {
     if (Current()->format_version() >= format::kSnapVersion) return Status::OK();
-    std::lock_guard<std::mutex> pl(publish_mu_);
+    MutexLock pl(&publish_mu_);
     FlockGuard lock(lock_fd_);
     KEYFS_RETURN_IF_ERROR(lock.Lock());
     KEYFS_RETURN_IF_ERROR(RefreshLocked(/*notify=*/false));
@@ -269,7 +273,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     return in_doubt;
   }
 
-  void RemoveStaleTemps() {
+  void RemoveStaleTemps() REQUIRES(publish_mu_) {
     FlockGuard lock(lock_fd_);
     if (!lock.Lock().ok()) return;
     // Holding the lock, no other writer is mid-commit: every temp of ours is a leftover.
@@ -289,9 +293,9 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     TrimSpares();
   }
 
-  // REQUIRES: publish_mu_ held. Serves the file STORE names now if it is not the current
-  // table. Corruption if that file is damaged (the current table stays served).
-  Status RefreshLocked(bool notify) {
+  // Serves the file STORE names now if it is not the current table. Corruption if that
+  // file is damaged (the current table stays served).
+  Status RefreshLocked(bool notify) REQUIRES(publish_mu_) {
     struct stat st;
     if (::stat(path_.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + path_);
     TableRef cur = Current();
@@ -305,9 +309,9 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     return Status::OK();
   }
 
-  void Publish(TableRef t) {
+  void Publish(TableRef t) REQUIRES(publish_mu_) {
     TableRef old = current_.Exchange(std::move(t));
-    std::lock_guard<std::mutex> l(retire_mu_);
+    MutexLock l(&retire_mu_);
     retired_.push_back(std::move(old));
   }
 
@@ -315,7 +319,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   void ReapRetired() {
     std::vector<TableRef> drop;
     {
-      std::lock_guard<std::mutex> l(retire_mu_);
+      MutexLock l(&retire_mu_);
       for (auto it = retired_.begin(); it != retired_.end();) {
         if (it->use_count() == 1) {
           drop.push_back(std::move(*it));
@@ -329,14 +333,14 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   }
 
   void Notify(ChangeEvent ev) {
-    std::lock_guard<std::mutex> l(listener_mu_);
+    MutexLock l(&listener_mu_);
     if (listener_) listener_(ev);
   }
 
   // Tells the listener what differs between two tables (keys compared with versions).
   void NotifyDiff(const TableRef& a, const TableRef& b) {
     {
-      std::lock_guard<std::mutex> l(listener_mu_);
+      MutexLock l(&listener_mu_);
       if (!listener_) return;
     }
     ChangeEvent ev;
@@ -372,8 +376,8 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     std::vector<Pending*> group;
     while (true) {
       {
-        std::unique_lock<std::mutex> l(mu_);
-        cv_.wait(l, [&] { return stopping_ || !queue_.empty(); });
+        MutexLock l(&mu_);
+        cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;  // stopping, nothing left to answer
         group.assign(queue_.begin(), queue_.end());
         queue_.clear();
@@ -385,18 +389,18 @@ class SnapshotEngineImpl final : public SnapshotEngine {
 
   void Answer(const std::vector<Pending*>& ps) {
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       for (Pending* p : ps) p->done = true;
     }
-    done_cv_.notify_all();
+    done_cv_.NotifyAll();
   }
 
-  void RunGroup(const std::vector<Pending*>& group) {
+  void RunGroup(const std::vector<Pending*>& group) EXCLUDES(publish_mu_) {
     const int64_t start = MonoNs();
     std::vector<Pending*> accepted;
     std::optional<ChangeEvent> event;
     {
-      std::lock_guard<std::mutex> pl(publish_mu_);
+      MutexLock pl(&publish_mu_);
       FlockGuard lock(lock_fd_);
       Status s = lock.Lock();
       if (s.ok()) s = RefreshLocked(/*notify=*/true);
@@ -441,7 +445,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
         commit_errors_.fetch_add(accepted.size(), std::memory_order_relaxed);
       }
       {
-        std::lock_guard<std::mutex> l(listener_mu_);
+        MutexLock l(&listener_mu_);
         if (listener_) {
           event.emplace();
           event->old_generation = base->generation();
@@ -460,9 +464,9 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   // Builds the merged table into a temp file and renames it over STORE. An error before
   // the rename is returned (nothing changed); a failed directory fsync after it returns
   // the new table with *in_doubt set to the error.
-  // REQUIRES: publish_mu_ and the store lock held.
-  StatusOr<TableRef> WriteTable(const Overlay& overlay, uint64_t gen, int64_t now,
-                                Status* in_doubt) {
+  // REQUIRES: the store lock held.
+  StatusOr<TableRef> WriteTable(const Overlay& overlay, uint64_t gen, int64_t now, Status* in_doubt)
+      REQUIRES(publish_mu_) {
     // The file to write: a recycled spare if one is free, else a fresh temp.
     std::string target;
     bool recycled = false;
@@ -539,7 +543,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
 
   // A spare file nobody maps, opened for rewriting and locked exclusively; null if none.
   // REQUIRES: the store lock held (so STORE cannot change under the identity check).
-  std::unique_ptr<WritableFile> TakeSpare(std::string* name) {
+  std::unique_ptr<WritableFile> TakeSpare(std::string* name) REQUIRES(publish_mu_) {
     struct stat store_st;
     if (::stat(path_.c_str(), &store_st) != 0) return nullptr;
     for (size_t i = 0; i < spares_.size(); ++i) {
@@ -563,7 +567,7 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   }
 
   // Spares beyond a few are deleted (readers kept them busy; new files were written).
-  void TrimSpares() {
+  void TrimSpares() REQUIRES(publish_mu_) {
     while (spares_.size() > kMaxSpares) {
       (void)env_->RemoveFile(spares_.front());
       spares_.erase(spares_.begin());
@@ -573,34 +577,36 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   const std::string path_, dir_, lock_path_;
   Env* const env_;
   const bool read_only_;
-  int lock_fd_ = -1;
-  uint64_t temp_counter_ = 0;  // committer only
-  uint64_t spare_counter_ = 0;
-  std::vector<std::string> spares_;  // STORE.old-* files this engine may recycle
-  static constexpr size_t kMaxSpares = 3;
+  int lock_fd_ = -1;  // set by Init, before other threads start
 
   AtomicSharedPtr<const SnapshotTable> current_;
 
   // Lock order: publish_mu_ -> (flock) -> mu_ / retire_mu_ / listener_mu_ / count_mu_.
-  std::mutex publish_mu_;  // serialises changes of current_ (committer, watcher)
-  std::mutex mu_;          // queue_, stopping_, Pending::done
-  std::condition_variable cv_, done_cv_;
-  std::deque<Pending*> queue_;
-  bool stopping_ = false;
+  Mutex publish_mu_;  // serialises changes of current_ (committer, watcher)
+  uint64_t temp_counter_ GUARDED_BY(publish_mu_) = 0;
+  uint64_t spare_counter_ GUARDED_BY(publish_mu_) = 0;
+  // STORE.old-* files this engine may recycle.
+  std::vector<std::string> spares_ GUARDED_BY(publish_mu_);
+  static constexpr size_t kMaxSpares = 3;
+
+  Mutex mu_ ACQUIRED_AFTER(publish_mu_);  // queue_, stopping_, Pending::done
+  CondVar cv_, done_cv_;
+  std::deque<Pending*> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::thread committer_;
 
-  std::mutex retire_mu_;
-  std::vector<TableRef> retired_;
+  Mutex retire_mu_ ACQUIRED_AFTER(publish_mu_);
+  std::vector<TableRef> retired_ GUARDED_BY(retire_mu_);
 
-  std::mutex listener_mu_;
-  ChangeListener listener_;
+  Mutex listener_mu_ ACQUIRED_AFTER(publish_mu_);
+  ChangeListener listener_ GUARDED_BY(listener_mu_);
 
   std::unique_ptr<StoreWatcher> watcher_;
 
-  mutable std::mutex count_mu_;
-  mutable uint64_t counts_[3] = {};
-  mutable uint64_t counted_generation_ = ~uint64_t{0};
-  mutable ino_t counted_ino_ = 0;
+  mutable Mutex count_mu_ ACQUIRED_AFTER(publish_mu_);
+  mutable uint64_t counts_[3] GUARDED_BY(count_mu_) = {};
+  mutable uint64_t counted_generation_ GUARDED_BY(count_mu_) = ~uint64_t{0};
+  mutable ino_t counted_ino_ GUARDED_BY(count_mu_) = 0;
 
   std::atomic<uint64_t> commits_{0}, commit_errors_{0}, rebuilds_{0}, external_reloads_{0};
   std::atomic<int64_t> last_commit_duration_ns_{0};
