@@ -186,7 +186,7 @@ void WriteBuffer::Rewrite(const Record* r, const Meta& meta, uint64_t version) {
 std::span<const WriteBuffer::Node* const> WriteBuffer::SortedChildren(std::string_view dir) const {
   Children* c = FindChildren(dir, format::HashKey(dir));
   if (c == nullptr) return {};
-  std::lock_guard<std::mutex> l(sort_mu_);
+  MutexLock l(&sort_mu_);
   if (c->sorted != c->nodes.size()) SortChildren(c);
   return {c->nodes.data(), c->nodes.size()};
 }

@@ -10,13 +10,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <span>
 #include <string_view>
 #include <vector>
 
 #include "format.h"
+#include "keyfs/base/mutex.h"
 #include "keyfs/store/engine.h"
 
 namespace keyfs {
@@ -255,7 +255,7 @@ class WriteBuffer {
   std::vector<std::unique_ptr<Children>> children_;
   uint64_t child_refs_ = 0;
   Totals totals_;
-  mutable std::mutex sort_mu_;  // the lazy sort of child lists; leaf lock
+  mutable Mutex sort_mu_;  // the lazy sort of child lists (Children::sorted); leaf lock
 };
 
 }  // namespace keyfs

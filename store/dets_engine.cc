@@ -65,9 +65,10 @@
 // Closing (the destructor) runs a last sync; its error cannot be returned, so callers that
 // care call Sync() first.
 //
-// Lock order: commit_mu_ -> sync_mu_, commit_mu_ -> mu_; sync_mu_ and mu_ are never held
-// together. Readers take only mu_ (shared); the syncer takes sync_mu_ and mu_ one at a
-// time, never while merging.
+// Lock order: commit_mu_ -> sync_mu_, commit_mu_ -> mu_, refresh_mu_ -> mu_, and
+// listener_mu_ after commit_mu_ or refresh_mu_; sync_mu_ and mu_ are never held together.
+// Readers take only mu_ (shared); the syncer takes sync_mu_ and mu_ one at a time, never
+// while merging.
 #include "dets_engine.h"
 
 #include <dirent.h>
@@ -81,13 +82,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <mutex>
 #include <new>
 #include <set>
-#include <shared_mutex>
 #include <thread>
 
 #include "dets_buffer.h"
@@ -96,6 +94,7 @@
 #include "failpoint.h"
 #include "file_util.h"
 #include "format.h"
+#include "keyfs/base/mutex.h"
 #include "overlay.h"
 #include "publish.h"
 #include "store_watcher.h"
@@ -493,11 +492,11 @@ class DetsEngineImpl final : public Engine {
 
   ~DetsEngineImpl() override {
     {
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       stopping_ = true;
     }
-    sync_cv_.notify_all();
-    done_cv_.notify_all();
+    sync_cv_.NotifyAll();
+    done_cv_.NotifyAll();
     if (syncer_.joinable()) syncer_.join();  // the syncer's last act is a final sync
     watcher_.reset();
     if (lock_fd_ >= 0) ::close(lock_fd_);
@@ -507,9 +506,12 @@ class DetsEngineImpl final : public Engine {
     if (!read_only_) KEYFS_RETURN_IF_ERROR(TakeWriterLock());
     auto f = DetsFile::Open(path_);
     if (!f.ok()) return f.status();
-    file_ = *f;
-    version_.store(file_->last_version());
-    last_commit_ns_ = file_->sync_time_ns();
+    version_.store((*f)->last_version());
+    {
+      WriterMutexLock l(&mu_);  // no other thread yet: for the analysis' sake
+      file_ = *f;
+      last_commit_ns_ = file_->sync_time_ns();
+    }
     if (!read_only_) {
       RemoveStaleTemps();
       KEYFS_RETURN_IF_ERROR(UpgradeIfOld());
@@ -541,7 +543,7 @@ class DetsEngineImpl final : public Engine {
   StatusOr<keyfs::Record> Find(std::string_view key, bool why_missing) const {
     KEYFS_RETURN_IF_ERROR(ValidateKey(key, /*allow_root=*/true));
     if (key.empty()) {  // the root: its metadata is in the file's header or a buffer
-      std::shared_lock<std::shared_mutex> l(mu_);
+      ReaderMutexLock l(&mu_);
       TreeValue v;
       KEYFS_RETURN_IF_ERROR(LayersLocked().Root(&v));
       return keyfs::Record{v.meta, v.version, {}, nullptr};
@@ -549,7 +551,7 @@ class DetsEngineImpl final : public Engine {
     const uint64_t h = format::HashKey(key);
     DetsFileRef file;
     {
-      std::shared_lock<std::shared_mutex> l(mu_);
+      ReaderMutexLock l(&mu_);
       const Layers layers = LayersLocked();
       const WriteBuffer* layer = nullptr;
       if (const BufRecord* r = layers.Buffered(key, h, &layer)) {
@@ -581,7 +583,7 @@ class DetsEngineImpl final : public Engine {
     }
     if (!s.IsNotFound()) return s;
     if (!why_missing || key.find('/') == std::string_view::npos) return s;
-    std::shared_lock<std::shared_mutex> l(mu_);
+    ReaderMutexLock l(&mu_);
     return LayersLocked().MissingReason(key);
   }
 
@@ -589,7 +591,7 @@ class DetsEngineImpl final : public Engine {
     KEYFS_RETURN_IF_ERROR(ValidateKey(dir, /*allow_root=*/true));
     // The whole listing comes from one state: mu_ is held (shared) throughout, so `fn` may
     // call Get or List (glibc's rwlock prefers readers) but must not call Commit.
-    std::shared_lock<std::shared_mutex> l(mu_);
+    ReaderMutexLock l(&mu_);
     const Layers layers = LayersLocked();
     if (!dir.empty()) {
       TreeValue v;
@@ -692,20 +694,20 @@ class DetsEngineImpl final : public Engine {
   Status Commit(const Batch& batch) override {
     if (read_only_) return Status::ReadOnly("store opened read-only");
     if (batch.empty()) return Status::OK();
-    std::lock_guard<std::mutex> cl(commit_mu_);
+    MutexLock cl(&commit_mu_);
     KEYFS_RETURN_IF_ERROR(WaitForRoom());
     const int64_t start = MonoNs();
     const uint64_t version = version_.load(std::memory_order_relaxed) + 1;
     bool listening;
     {
-      std::lock_guard<std::mutex> l(listener_mu_);
+      MutexLock l(&listener_mu_);
       listening = static_cast<bool>(listener_);
     }
     std::vector<std::string> changed;
     Status s;
     const int64_t now = NowNs();
     {
-      std::unique_lock<std::shared_mutex> l(mu_);
+      WriterMutexLock l(&mu_);
       const Layers layers = LayersLocked();
       BufferTree tree(active_.get(), layers, listening);
       try {
@@ -747,16 +749,16 @@ class DetsEngineImpl final : public Engine {
     commits_.fetch_add(1, std::memory_order_relaxed);
     last_commit_duration_ns_.store(MonoNs() - start, std::memory_order_relaxed);
     if (active_bytes_.load(std::memory_order_relaxed) >= limit_) {
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       limit_hit_ = true;
-      sync_cv_.notify_all();
+      sync_cv_.NotifyAll();
     }
     if (listening) {
       ChangeEvent ev;
       ev.old_generation = version - 1;
       ev.new_generation = version;
       ev.changed = std::move(changed);
-      std::lock_guard<std::mutex> l(listener_mu_);
+      MutexLock l(&listener_mu_);
       if (listener_) listener_(ev);
     }
     return Status::OK();
@@ -764,14 +766,14 @@ class DetsEngineImpl final : public Engine {
 
   Status Sync() override {
     if (read_only_) return Status::OK();
-    std::unique_lock<std::mutex> l(sync_mu_);
+    MutexLock l(&sync_mu_);
     const uint64_t target = CommitsApplied();
     if (durable_commits_ >= target && !dir_sync_owed_) return Status::OK();
     if (stopping_) return Status::IOError("engine is shutting down");
     const uint64_t attempt = started_ + 1;  // the next attempt covers every commit so far
     requested_ = std::max(requested_, attempt);
-    sync_cv_.notify_all();
-    done_cv_.wait(l, [&] { return finished_ >= attempt; });
+    sync_cv_.NotifyAll();
+    done_cv_.Wait(&sync_mu_, [&]() REQUIRES(sync_mu_) { return finished_ >= attempt; });
     if (durable_commits_ >= target && !dir_sync_owed_) return Status::OK();
     return last_error_.ok() ? Status::IOError("sync did not complete") : last_error_;
   }
@@ -788,7 +790,7 @@ class DetsEngineImpl final : public Engine {
     WriteBuffer::Totals t;
     uint64_t buffered = 0, buffered_bytes = 0, frozen_layers = 0;
     {
-      std::shared_lock<std::shared_mutex> l(mu_);
+      ReaderMutexLock l(&mu_);
       file = file_;
       auto add = [&](const WriteBuffer& b) {
         t.entries += b.totals().entries;
@@ -817,7 +819,7 @@ class DetsEngineImpl final : public Engine {
     s.rebuilds = syncs_.load(std::memory_order_relaxed);
     s.external_reloads = external_reloads_.load(std::memory_order_relaxed);
     {
-      std::shared_lock<std::shared_mutex> l(mu_);
+      ReaderMutexLock l(&mu_);
       s.last_commit_ns = last_commit_ns_;
     }
     s.last_commit_duration_ns = last_commit_duration_ns_.load(std::memory_order_relaxed);
@@ -828,7 +830,7 @@ class DetsEngineImpl final : public Engine {
     Status last_error;
     int64_t last_sync_ns;
     {
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       s.syncing = syncing_;
       last_error = last_error_;
       last_sync_ns = last_sync_duration_ns_;
@@ -869,7 +871,7 @@ class DetsEngineImpl final : public Engine {
   }
 
   void SetChangeListener(ChangeListener listener) override {
-    std::lock_guard<std::mutex> l(listener_mu_);
+    MutexLock l(&listener_mu_);
     listener_ = std::move(listener);
   }
 
@@ -888,22 +890,27 @@ class DetsEngineImpl final : public Engine {
   // publish path: temp file, fdatasync, rename, directory fsync. Its commit time, and the
   // root's metadata a v1 reader implies, are kept.
   Status UpgradeIfOld() {
-    if (!file_->legacy()) return Status::OK();
+    DetsFileRef old;
+    {
+      ReaderMutexLock l(&mu_);
+      old = file_;
+    }
+    if (!old->legacy()) return Status::OK();
     const std::string tmp =
         path_ + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++temp_counter_);
     auto file = env_->NewExclusiveFile(tmp);
     if (!file.ok()) return file.status();
     WritableFile* f = file->get();
     MergeInput in;
-    in.old_file = file_.get();
-    in.generation = file_->generation() + 1;
-    in.sync_time_ns = file_->sync_time_ns();
-    in.last_version = file_->last_version();
-    auto root = file_->RootMeta();
+    in.old_file = old.get();
+    in.generation = old->generation() + 1;
+    in.sync_time_ns = old->sync_time_ns();
+    in.last_version = old->last_version();
+    auto root = old->RootMeta();
     Status s = root.status();
     if (s.ok()) {
       in.root = *root;
-      in.root_version = file_->root_version();
+      in.root_version = old->root_version();
       s = WriteMergedFile(in, f, nullptr);
     }
     if (s.ok()) s = f->Sync();
@@ -919,16 +926,21 @@ class DetsEngineImpl final : public Engine {
     if (fd < 0) return Status::FromErrno(errno, "dup");
     auto opened = DetsFile::OpenFd(fd, path_);
     if (!opened.ok()) return opened.status();
-    file_ = *opened;
+    {
+      WriterMutexLock l(&mu_);
+      file_ = *opened;
+    }
     syncs_.fetch_add(1, std::memory_order_relaxed);
     return sync_dir;
   }
 
-  // REQUIRES: mu_ held (shared or exclusive).
-  Layers LayersLocked() const { return Layers{active_.get(), &frozen_, file_.get()}; }
+  // Valid while mu_ is held (shared or exclusive).
+  Layers LayersLocked() const REQUIRES_SHARED(mu_) {
+    return Layers{active_.get(), &frozen_, file_.get()};
+  }
 
-  // REQUIRES: mu_ held. The owner of `layer` (active or frozen), to pin a Record's memory.
-  std::shared_ptr<const void> PinOf(const WriteBuffer* layer) const {
+  // The owner of `layer` (active or frozen), to pin a Record's memory.
+  std::shared_ptr<const void> PinOf(const WriteBuffer* layer) const REQUIRES_SHARED(mu_) {
     if (layer == active_.get()) return active_;
     for (const BufferRef& f : frozen_) {
       if (f.get() == layer) return f;
@@ -972,14 +984,14 @@ class DetsEngineImpl final : public Engine {
     ::closedir(d);
   }
 
-  // Back-pressure. REQUIRES: commit_mu_ held.
-  Status WaitForRoom() {
+  // Back-pressure.
+  Status WaitForRoom() REQUIRES(commit_mu_) {
     if (active_bytes_.load(std::memory_order_relaxed) < limit_) return Status::OK();
-    std::unique_lock<std::mutex> l(sync_mu_);
+    MutexLock l(&sync_mu_);
     const uint64_t attempt = started_ + 1;
     limit_hit_ = true;
-    sync_cv_.notify_all();
-    done_cv_.wait(l, [&] {
+    sync_cv_.NotifyAll();
+    done_cv_.Wait(&sync_mu_, [&]() REQUIRES(sync_mu_) {
       return stopping_ || active_bytes_.load(std::memory_order_relaxed) < limit_ ||
              finished_ >= attempt;
     });
@@ -991,18 +1003,18 @@ class DetsEngineImpl final : public Engine {
                       : last_error_.WithContext("write buffer full and the last sync failed"));
   }
 
-  void SyncerLoop() {
-    std::unique_lock<std::mutex> l(sync_mu_);
+  void SyncerLoop() EXCLUDES(sync_mu_) {
+    MutexLock l(&sync_mu_);
     auto next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(interval_s_);
     while (true) {
-      auto due = [&] {
+      auto due = [&]() REQUIRES(sync_mu_) {
         return stopping_ || requested_ > started_ || limit_hit_ ||
                (interval_s_ > 0 && std::chrono::steady_clock::now() >= next_tick);
       };
       if (interval_s_ > 0) {
-        sync_cv_.wait_until(l, next_tick, due);
+        sync_cv_.WaitUntil(&sync_mu_, next_tick, due);
       } else {
-        sync_cv_.wait(l, due);
+        sync_cv_.Wait(&sync_mu_, due);
       }
       if (interval_s_ > 0 && std::chrono::steady_clock::now() >= next_tick) {
         next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(interval_s_);
@@ -1019,7 +1031,7 @@ class DetsEngineImpl final : public Engine {
       const uint64_t attempt = ++started_;
       limit_hit_ = false;
       syncing_ = true;
-      l.unlock();
+      l.Unlock();
       const int64_t t0 = MonoNs();
       Status s;
       try {
@@ -1027,7 +1039,7 @@ class DetsEngineImpl final : public Engine {
       } catch (const std::bad_alloc&) {
         s = Status::IOError("out of memory during a sync");
       }
-      l.lock();
+      l.Lock();
       if (s.ok()) {
         last_sync_duration_ns_ = MonoNs() - t0;
         last_sync_end_ns_ = NowNs();
@@ -1035,11 +1047,11 @@ class DetsEngineImpl final : public Engine {
       finished_ = attempt;
       last_error_ = s;
       if (!s.ok()) sync_errors_.fetch_add(1, std::memory_order_relaxed);
-      done_cv_.notify_all();
+      done_cv_.NotifyAll();
       if (!retired_.empty()) {
-        l.unlock();
+        l.Unlock();
         retired_.clear();  // Stats().syncing stays true until the old file is gone
-        l.lock();
+        l.Lock();
       }
       syncing_ = false;
       if (final_round) return;
@@ -1052,7 +1064,7 @@ class DetsEngineImpl final : public Engine {
     const uint64_t target = CommitsApplied();
     if (dir_sync_owed()) {
       KEYFS_RETURN_IF_ERROR(env_->SyncDir(dir_));
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       dir_sync_owed_ = false;
       durable_commits_ = std::max(durable_commits_, owed_commits_);
     }
@@ -1060,7 +1072,7 @@ class DetsEngineImpl final : public Engine {
       {
         // Done when every commit so far is durable, unless the buffer is over its limit
         // (it may hold only the leftovers of failed batches: freeze it all the same).
-        std::lock_guard<std::mutex> l(sync_mu_);
+        MutexLock l(&sync_mu_);
         if (durable_commits_ >= target &&
             (round > 0 || active_bytes_.load(std::memory_order_relaxed) < limit_)) {
           return Status::OK();
@@ -1068,12 +1080,12 @@ class DetsEngineImpl final : public Engine {
       }
       KEYFS_RETURN_IF_ERROR(SyncRound());
     }
-    std::lock_guard<std::mutex> l(sync_mu_);
+    MutexLock l(&sync_mu_);
     return durable_commits_ >= target ? Status::OK() : Status::IOError("sync fell behind");
   }
 
   bool dir_sync_owed() {
-    std::lock_guard<std::mutex> l(sync_mu_);
+    MutexLock l(&sync_mu_);
     return dir_sync_owed_;
   }
 
@@ -1087,7 +1099,7 @@ class DetsEngineImpl final : public Engine {
     uint64_t upto;  // every commit up to this count is in `layers` or `old`
     int64_t newest_ns;
     {
-      std::unique_lock<std::shared_mutex> l(mu_);
+      WriterMutexLock l(&mu_);
       uint64_t backlog = 0;
       for (const BufferRef& f : frozen_) backlog += f->bytes();
       if (!active_->empty() && (frozen_.empty() || backlog < limit_)) {
@@ -1116,12 +1128,12 @@ class DetsEngineImpl final : public Engine {
                                     : (active_->empty() ? CommitsApplied() : 0);
     }
     {
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       frozen_count_ = layers.size();
-      done_cv_.notify_all();  // the active buffer has room again
+      done_cv_.NotifyAll();  // the active buffer has room again
     }
     if (layers.empty()) {
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       durable_commits_ = std::max(durable_commits_, upto);
       return Status::OK();
     }
@@ -1179,7 +1191,7 @@ class DetsEngineImpl final : public Engine {
 
     // PUBLISHED.
     {
-      std::unique_lock<std::shared_mutex> l(mu_);
+      WriterMutexLock l(&mu_);
       file_ = *opened;
       frozen_.erase(frozen_.begin(), frozen_.begin() + static_cast<ptrdiff_t>(layers.size()));
       frozen_marks_.erase(frozen_marks_.begin(),
@@ -1187,7 +1199,7 @@ class DetsEngineImpl final : public Engine {
     }
     syncs_.fetch_add(1, std::memory_order_relaxed);
     {
-      std::lock_guard<std::mutex> l(sync_mu_);
+      MutexLock l(&sync_mu_);
       frozen_count_ -= std::min<uint64_t>(frozen_count_, layers.size());
       if (sync_dir.ok()) {
         durable_commits_ = std::max(durable_commits_, upto);
@@ -1206,12 +1218,12 @@ class DetsEngineImpl final : public Engine {
 
   // Serves the file STORE names now if it is not the current one (read-only engines).
   Status RefreshFile(bool notify) {
-    std::lock_guard<std::mutex> rl(refresh_mu_);
+    MutexLock rl(&refresh_mu_);
     struct stat st;
     if (::stat(path_.c_str(), &st) != 0) return Status::FromErrno(errno, "stat " + path_);
     DetsFileRef cur;
     {
-      std::shared_lock<std::shared_mutex> l(mu_);
+      ReaderMutexLock l(&mu_);
       cur = file_;
     }
     if (st.st_dev == cur->dev() && st.st_ino == cur->ino()) return Status::OK();
@@ -1219,7 +1231,7 @@ class DetsEngineImpl final : public Engine {
     if (!f.ok()) return f.status();
     if ((*f)->generation() < cur->generation()) return Status::OK();
     {
-      std::unique_lock<std::shared_mutex> l(mu_);
+      WriterMutexLock l(&mu_);
       file_ = *f;
       last_commit_ns_ = file_->sync_time_ns();  // a reader has no commits of its own
     }
@@ -1231,7 +1243,7 @@ class DetsEngineImpl final : public Engine {
   // Tells the listener which keys differ between two files (by version).
   void NotifyDiff(const DetsFile& a, const DetsFile& b) {
     {
-      std::lock_guard<std::mutex> l(listener_mu_);
+      MutexLock l(&listener_mu_);
       if (!listener_) return;
     }
     ChangeEvent ev;
@@ -1261,7 +1273,7 @@ class DetsEngineImpl final : public Engine {
         if (!x.Next().ok() || !y.Next().ok()) break;
       }
     }
-    std::lock_guard<std::mutex> l(listener_mu_);
+    MutexLock l(&listener_mu_);
     if (listener_) listener_(ev);
   }
 
@@ -1274,46 +1286,49 @@ class DetsEngineImpl final : public Engine {
   uint64_t temp_counter_ = 0;         // syncer only
   std::vector<DetsFileRef> retired_;  // syncer only: files replaced by the last sync
 
-  std::mutex commit_mu_;              // serialises Commit: apply, then the listener
+  Mutex commit_mu_;                   // serialises Commit: apply, then the listener
   std::atomic<uint64_t> version_{0};  // the last version given to a commit
 
+  Mutex refresh_mu_;  // serialises RefreshFile
+
   // The served state. Readers hold mu_ shared; commits, freezing and publishing exclusive.
-  mutable std::shared_mutex mu_;
-  std::shared_ptr<WriteBuffer> active_;
-  std::vector<BufferRef> frozen_;  // oldest first
+  mutable SharedMutex mu_ ACQUIRED_AFTER(commit_mu_, refresh_mu_);
+  std::shared_ptr<WriteBuffer> active_ GUARDED_BY(mu_);
+  std::vector<BufferRef> frozen_ GUARDED_BY(mu_);  // oldest first
   // Per frozen buffer (same length as frozen_, which readers walk alone): what it holds.
   struct FrozenMark {
     uint64_t upto;      // commits_applied_ when it was frozen
     int64_t newest_ns;  // last_commit_ns_ then
   };
-  std::vector<FrozenMark> frozen_marks_;
-  int64_t last_commit_ns_ = 0;  // wall clock of the newest commit served (mu_)
-  DetsFileRef file_;
+  std::vector<FrozenMark> frozen_marks_ GUARDED_BY(mu_);
+  int64_t last_commit_ns_ GUARDED_BY(mu_) = 0;  // wall clock of the newest commit served
+  DetsFileRef file_ GUARDED_BY(mu_);
   std::atomic<uint64_t> commits_applied_{0};  // successful commits; written under mu_
   std::atomic<uint64_t> active_bytes_{0};
 
-  // Sync coordination.
-  mutable std::mutex sync_mu_;
-  std::condition_variable sync_cv_;  // wakes the syncer
-  std::condition_variable done_cv_;  // an attempt finished, or the buffer was frozen
-  bool stopping_ = false;
-  bool limit_hit_ = false;
-  bool syncing_ = false;
-  uint64_t requested_ = 0;  // the highest attempt a Sync() caller waits for
-  uint64_t started_ = 0, finished_ = 0;
-  uint64_t durable_commits_ = 0;  // every commit up to this count is durable
-  bool dir_sync_owed_ = false;    // renamed, but the directory fsync failed
-  uint64_t owed_commits_ = 0;     // durable once the directory fsync succeeds
-  uint64_t frozen_count_ = 0;
-  Status last_error_;
-  int64_t last_sync_duration_ns_ = 0;
-  int64_t last_sync_end_ns_ = 0;  // wall clock; 0 until a sync of this object completes
+  // Sync coordination. Never held together with mu_.
+  mutable Mutex sync_mu_ ACQUIRED_AFTER(commit_mu_);
+  CondVar sync_cv_;  // wakes the syncer
+  CondVar done_cv_;  // an attempt finished, or the buffer was frozen
+  bool stopping_ GUARDED_BY(sync_mu_) = false;
+  bool limit_hit_ GUARDED_BY(sync_mu_) = false;
+  bool syncing_ GUARDED_BY(sync_mu_) = false;
+  // The highest attempt a Sync() caller waits for.
+  uint64_t requested_ GUARDED_BY(sync_mu_) = 0;
+  uint64_t started_ GUARDED_BY(sync_mu_) = 0, finished_ GUARDED_BY(sync_mu_) = 0;
+  // Every commit up to this count is durable.
+  uint64_t durable_commits_ GUARDED_BY(sync_mu_) = 0;
+  bool dir_sync_owed_ GUARDED_BY(sync_mu_) = false;  // renamed, but the directory fsync failed
+  uint64_t owed_commits_ GUARDED_BY(sync_mu_) = 0;   // durable once the directory fsync succeeds
+  uint64_t frozen_count_ GUARDED_BY(sync_mu_) = 0;
+  Status last_error_ GUARDED_BY(sync_mu_);
+  int64_t last_sync_duration_ns_ GUARDED_BY(sync_mu_) = 0;
+  // Wall clock; 0 until a sync of this object completes.
+  int64_t last_sync_end_ns_ GUARDED_BY(sync_mu_) = 0;
   std::thread syncer_;
 
-  std::mutex refresh_mu_;
-
-  std::mutex listener_mu_;
-  ChangeListener listener_;
+  Mutex listener_mu_ ACQUIRED_AFTER(commit_mu_, refresh_mu_);
+  ChangeListener listener_ GUARDED_BY(listener_mu_);
 
   std::unique_ptr<StoreWatcher> watcher_;
 

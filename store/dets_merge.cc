@@ -10,16 +10,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
 
 #include "format.h"
+#include "keyfs/base/mutex.h"
 
 namespace keyfs {
 
@@ -177,10 +176,10 @@ class BackgroundAppender {
 
   // Queues `buf` (taken) and returns an empty buffer to fill next.
   std::string Submit(std::string buf) {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return queue_.size() < 2; });
+    MutexLock l(&mu_);
+    cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return queue_.size() < 2; });
     queue_.push_back(std::move(buf));
-    cv_.notify_all();
+    cv_.NotifyAll();
     if (spare_.empty()) return std::string();
     std::string out = std::move(spare_.back());
     spare_.pop_back();
@@ -189,17 +188,18 @@ class BackgroundAppender {
   // The first error of any append so far.
   Status status() {
     if (status_ok_.load(std::memory_order_acquire)) return Status::OK();
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     return status_;
   }
   // Waits for every queued buffer and stops the thread.
   Status Finish() {
     {
-      std::unique_lock<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       done_ = true;
-      cv_.notify_all();
+      cv_.NotifyAll();
     }
     if (thread_.joinable()) thread_.join();
+    MutexLock l(&mu_);
     return status_;
   }
 
@@ -209,8 +209,8 @@ class BackgroundAppender {
     while (true) {
       std::string buf;
       {
-        std::unique_lock<std::mutex> l(mu_);
-        cv_.wait(l, [&] { return done_ || !queue_.empty(); });
+        MutexLock l(&mu_);
+        cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return done_ || !queue_.empty(); });
         if (queue_.empty()) return;
         buf = std::move(queue_.front());
         queue_.pop_front();
@@ -222,24 +222,24 @@ class BackgroundAppender {
                           static_cast<off_t>(written - hinted), SYNC_FILE_RANGE_WRITE);
         hinted = written;
       }
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(&mu_);
       if (!s.ok() && status_.ok()) {
         status_ = s;
         status_ok_.store(false, std::memory_order_release);
       }
       buf.clear();
       spare_.push_back(std::move(buf));
-      cv_.notify_all();
+      cv_.NotifyAll();
     }
   }
 
   WritableFile* f_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::string> queue_;
-  std::vector<std::string> spare_;
-  bool done_ = false;
-  Status status_;
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<std::string> queue_ GUARDED_BY(mu_);
+  std::vector<std::string> spare_ GUARDED_BY(mu_);
+  bool done_ GUARDED_BY(mu_) = false;
+  Status status_ GUARDED_BY(mu_);
   std::atomic<bool> status_ok_{true};
   std::thread thread_;  // last: starts once the rest is built
 };
