@@ -125,6 +125,7 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
   uint64_t edits;
   int64_t mtime;
   bool drop_privs, writer_in_group;
+  Meta meta;
   {
     std::lock_guard<std::mutex> l(h->mu);
     if (!h->dirty && !h->truncated) return 0;
@@ -133,6 +134,7 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
     mtime = h->explicit_mtime;
     drop_privs = h->drop_privs;
     writer_in_group = h->writer_in_group;
+    meta = h->create_meta;  // SETATTR and DropPrivs change it on other threads
   }
   std::string key;
   bool unlinked = false;
@@ -142,7 +144,6 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
   });
   if (key.empty() && !unlinked) return EIO;
   if (!unlinked) {
-    Meta meta = h->create_meta;
     auto cur = engine_->Get(key);
     if (cur.ok() && cur->meta.type == EntryType::kFile) meta = cur->meta;
     meta.type = EntryType::kFile;
