@@ -6,12 +6,12 @@
 namespace keyfs::fs {
 
 void WriterRegistry::Add(WriteHandle* h) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   by_node_[h->node].push_back(h);
 }
 
 void WriterRegistry::Remove(WriteHandle* h) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   auto it = by_node_.find(h->node);
   if (it == by_node_.end()) return;
   auto& v = it->second;
@@ -20,7 +20,7 @@ void WriterRegistry::Remove(WriteHandle* h) {
 }
 
 WriteHandle* WriterRegistry::Find(uint64_t node, pid_t pid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   auto it = by_node_.find(node);
   if (it == by_node_.end()) return nullptr;
   for (auto h = it->second.rbegin(); h != it->second.rend(); ++h) {
@@ -30,7 +30,7 @@ WriteHandle* WriterRegistry::Find(uint64_t node, pid_t pid) {
 }
 
 WriteHandle* WriterRegistry::FindLastChanged(uint64_t node, pid_t pid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   auto it = by_node_.find(node);
   if (it == by_node_.end()) return nullptr;
   WriteHandle* best = nullptr;

@@ -9,11 +9,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "keyfs/base/mutex.h"
 #include "keyfs/store/engine.h"
 
 namespace keyfs::fs {
@@ -66,8 +66,8 @@ struct WriteHandle final : Handle {
     if (budget != nullptr) budget->Give(charged);
   }
   // Makes the copy's charge against the budget `size` bytes. False if the budget has no
-  // room for the growth. REQUIRES: mu held, or the handle not yet shared.
-  bool Charge(uint64_t size) {
+  // room for the growth.
+  bool Charge(uint64_t size) REQUIRES(mu) {
     if (budget == nullptr) return true;
     if (size > charged && !budget->Take(size - charged)) return false;
     if (size < charged) budget->Give(charged - size);
@@ -75,29 +75,33 @@ struct WriteHandle final : Handle {
     return true;
   }
   WriteBudget* const budget;
-  uint64_t charged = 0;  // bytes of the budget this copy holds
-  pid_t pid = 0;         // the thread that opened it (a handle-less SETATTR names only that)
-  bool append = false;   // O_APPEND: every write lands at the end of buf
+  pid_t pid = 0;        // the thread that opened it (a handle-less SETATTR names only that)
+  bool append = false;  // O_APPEND: every write lands at the end of buf
   // Held across a whole commit (copy, engine commit, clearing `dirty`), so a FLUSH and an
   // fsync of one handle on two workers commit in order. Taken before `mu`.
-  std::mutex commit_mu;
-  std::mutex mu;  // guards the fields below
-  std::string buf;
-  bool dirty = false;       // written since the last commit
-  bool truncated = false;   // size changed since the last commit
-  bool drop_privs = false;  // written by someone without root's privilege: the
-                            // commit clears setuid/setgid (WithoutPrivs)
-  bool writer_in_group = true;
-  bool privs_dropped = false;  // DropPrivs committed the mode without setuid/setgid           //
-                               // ... and whether that writer is in the file's group
-  uint64_t edits = 0;          // bumps on every change, to tell if a commit covered them
+  Mutex commit_mu;
+  // Guards the fields below; taken also while the handle is set up, before it is shared.
+  Mutex mu ACQUIRED_AFTER(commit_mu);
+  uint64_t charged GUARDED_BY(mu) = 0;  // bytes of the budget this copy holds
+  std::string buf GUARDED_BY(mu);
+  bool dirty GUARDED_BY(mu) = false;      // written since the last commit
+  bool truncated GUARDED_BY(mu) = false;  // size changed since the last commit
+  // Written by someone without root's privilege: the commit clears setuid/setgid
+  // (WithoutPrivs), and whether that writer is in the file's group.
+  bool drop_privs GUARDED_BY(mu) = false;
+  bool writer_in_group GUARDED_BY(mu) = true;
+  // DropPrivs committed the mode without setuid/setgid.
+  bool privs_dropped GUARDED_BY(mu) = false;
+  uint64_t edits GUARDED_BY(mu) = 0;  // bumps on every change, to tell if a commit covered them
   // `edits` when the commit of a close() (FLUSH) failed and close() returned the error: the
   // RELEASE that follows must not commit those same changes after all. ~0: none failed.
-  uint64_t close_failed_at = ~uint64_t{0};
+  uint64_t close_failed_at GUARDED_BY(mu) = ~uint64_t{0};
   std::atomic<uint64_t> last_change{0};  // WriterRegistry::Changed() order of its last change
-  Meta create_meta;                      // for a file this handle created
-  int64_t explicit_mtime = kTimeNow;     // set by utimens after the last write: the commit keeps it
-  uint64_t write_owner = 0;              // lock_owner (the writer's file table) of the last WRITE
+  Meta create_meta GUARDED_BY(mu);       // for a file this handle created
+  // Set by utimens after the last write: the commit keeps it.
+  int64_t explicit_mtime GUARDED_BY(mu) = kTimeNow;
+  // lock_owner (the writer's file table) of the last WRITE.
+  uint64_t write_owner GUARDED_BY(mu) = 0;
 };
 
 // A directory listing: where the next readdir continues (a cursor, not a rescan).
@@ -162,8 +166,8 @@ class WriterRegistry {
   }
 
  private:
-  std::mutex mu_;
-  std::unordered_map<uint64_t, std::vector<WriteHandle*>> by_node_;
+  Mutex mu_;
+  std::unordered_map<uint64_t, std::vector<WriteHandle*>> by_node_ GUARDED_BY(mu_);
   std::atomic<uint64_t> clock_{0};
 };
 

@@ -68,7 +68,7 @@ Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
 }
 
 uint64_t InodeTable::Acquire(const std::string& key, const Record& rec, pid_t tid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   const bool for_writer = rec.meta.type == EntryType::kFile && LiveReservationLocked(key, tid);
   auto it = by_key_.find(key);
   if (it != by_key_.end()) {
@@ -113,27 +113,27 @@ void AddRetry(Map& m, const std::string& key, pid_t tid) {
 }  // namespace
 
 void InodeTable::ReserveForWriter(const std::string& key, pid_t tid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   AddRetry(writer_pending_, key, tid);
 }
 
 void InodeTable::MarkReaderRetry(const std::string& key, pid_t tid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   AddRetry(reader_retry_, key, tid);
 }
 
 bool InodeTable::TakeReaderRetry(const std::string& key, pid_t tid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   return !reader_retry_.empty() && reader_retry_.erase({key, tid}) > 0;
 }
 
 void InodeTable::WriterOpened(const std::string& key, pid_t tid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   if (!writer_pending_.empty()) writer_pending_.erase({key, tid});
 }
 
 bool InodeTable::HasWriterReservation(const std::string& key, pid_t tid) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   return LiveReservationLocked(key, tid);
 }
 
@@ -151,7 +151,7 @@ bool InodeTable::LiveReservationLocked(const std::string& key, pid_t tid) {
 }
 
 uint64_t InodeTable::AcquireFresh(const std::string& key, const Record& rec) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   Node* n = NewNodeLocked(key, rec);
   n->nlookup = 1;
   n->tainted = true;
@@ -176,7 +176,7 @@ void InodeTable::MaybeEraseLocked(Node* n) {
 }
 
 void InodeTable::Forget(uint64_t id, uint64_t count) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   Node* n = FindLocked(id);
   if (n == nullptr || id == kRootId) return;
   if (count > n->nlookup) {
@@ -190,7 +190,7 @@ void InodeTable::Forget(uint64_t id, uint64_t count) {
 }
 
 bool InodeTable::KeyOf(uint64_t id, std::string* key, EntryType* type) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   Node* n = FindLocked(id);
   if (n == nullptr) return false;
   *key = n->key;
@@ -199,13 +199,13 @@ bool InodeTable::KeyOf(uint64_t id, std::string* key, EntryType* type) {
 }
 
 void InodeTable::Renamed(const std::string& from, const std::string& to, bool exchange) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   std::vector<Node*> a, b;
   // Nodes below a key exist only while the kernel holds the key's directory node (a
   // dentry pins its parent), so a key without one moves alone. A directory's subtree is
   // found by a scan of every known key: lookups far outnumber directory renames, so the
   // index is a hash map, not an ordered one.
-  auto collect = [&](const std::string& root, std::vector<Node*>* out) {
+  auto collect = [&](const std::string& root, std::vector<Node*>* out) REQUIRES(mu_) {
     auto exact = by_key_.find(root);
     if (exact == by_key_.end()) return;
     bool dir = false;
@@ -227,7 +227,7 @@ void InodeTable::Renamed(const std::string& from, const std::string& to, bool ex
   collect(from, &a);
   if (exchange) collect(to, &b);
   auto move = [&](std::vector<Node*>& nodes, const std::string& old_root,
-                  const std::string& new_root) {
+                  const std::string& new_root) REQUIRES(mu_) {
     for (Node* n : nodes) {
       n->key = new_root + n->key.substr(old_root.size());
       by_key_[n->key].push_back(n);
@@ -238,14 +238,14 @@ void InodeTable::Renamed(const std::string& from, const std::string& to, bool ex
 }
 
 void InodeTable::Unlinked(const std::string& key) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   auto it = by_key_.find(key);
   if (it == by_key_.end()) return;
   for (Node* n : it->second) n->unlinked = true;
 }
 
 uint64_t InodeTable::DirId(const std::string& key) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   auto it = by_key_.find(key);
   if (it == by_key_.end()) return 0;
   for (Node* n : it->second) {
@@ -255,7 +255,7 @@ uint64_t InodeTable::DirId(const std::string& key) {
 }
 
 void InodeTable::CloseHandle(uint64_t id, bool cached_reader, bool writer) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   Node* n = FindLocked(id);
   if (n == nullptr) return;
   if (n->open_handles > 0) --n->open_handles;
@@ -265,7 +265,7 @@ void InodeTable::CloseHandle(uint64_t id, bool cached_reader, bool writer) {
 }
 
 size_t InodeTable::size() {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   return nodes_.size();
 }
 

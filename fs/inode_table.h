@@ -13,12 +13,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "keyfs/base/mutex.h"
 #include "keyfs/store/engine.h"
 
 namespace keyfs::fs {
@@ -98,7 +98,7 @@ class InodeTable {
   // Runs fn(node) under the lock; returns false if the node is unknown.
   template <class Fn>
   bool WithNode(uint64_t id, Fn&& fn) {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     Node* n = FindLocked(id);
     if (n == nullptr) return false;
     fn(*n);
@@ -123,19 +123,21 @@ class InodeTable {
   size_t size();
 
  private:
-  Node* FindLocked(uint64_t id);
-  bool LiveReservationLocked(const std::string& key, pid_t tid);
-  Node* NewNodeLocked(const std::string& key, const Record& rec);
-  void MaybeEraseLocked(Node* n);
+  Node* FindLocked(uint64_t id) REQUIRES(mu_);
+  bool LiveReservationLocked(const std::string& key, pid_t tid) REQUIRES(mu_);
+  Node* NewNodeLocked(const std::string& key, const Record& rec) REQUIRES(mu_);
+  void MaybeEraseLocked(Node* n) REQUIRES(mu_);
 
-  std::mutex mu_;
-  uint64_t next_id_ = kFirstDynamicId;
-  std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_;
-  std::unordered_map<std::string, std::vector<Node*>> by_key_;  // nodes showing each key
+  Mutex mu_;  // guards the members below and every Node's fields
+  uint64_t next_id_ GUARDED_BY(mu_) = kFirstDynamicId;
+  std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_ GUARDED_BY(mu_);
+  // Nodes showing each key.
+  std::unordered_map<std::string, std::vector<Node*>> by_key_ GUARDED_BY(mu_);
   // Writer reservations: (key, thread) -> when it was made.
   using Retries = std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point>;
-  std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point> writer_pending_;
-  Retries reader_retry_;
+  std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point> writer_pending_
+      GUARDED_BY(mu_);
+  Retries reader_retry_ GUARDED_BY(mu_);
 };
 
 }  // namespace keyfs::fs

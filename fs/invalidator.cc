@@ -11,7 +11,7 @@ namespace keyfs::fs {
 void Invalidator::Start(fuse_session* session) {
   session_ = session;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     stop_ = false;
   }
   thread_ = std::thread([this] { Run(); });
@@ -19,19 +19,19 @@ void Invalidator::Start(fuse_session* session) {
 
 void Invalidator::Stop() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   if (thread_.joinable()) thread_.join();
 }
 
 void Invalidator::Push(Item item) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     queue_.push_back(std::move(item));
   }
-  cv_.notify_one();
+  cv_.NotifyOne();
 }
 
 void Invalidator::InvalidateKeyThenReply(fuse_req_t req, const std::string& key, int err) {
@@ -108,8 +108,8 @@ void Invalidator::Run() {
     Item it;
     bool stopping;
     {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+      MutexLock l(&mu_);
+      cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;
       it = std::move(queue_.front());
       queue_.pop_front();

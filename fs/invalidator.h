@@ -10,15 +10,14 @@
 
 #include <fuse_lowlevel.h>
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "inode_table.h"
+#include "keyfs/base/mutex.h"
 #include "keyfs/store/engine.h"
 
 namespace keyfs::fs {
@@ -70,11 +69,11 @@ class Invalidator {
 
   InodeTable* const table_;
   const Engine* const engine_;
-  fuse_session* session_ = nullptr;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Item> queue_;
-  bool stop_ = false;
+  fuse_session* session_ = nullptr;  // set by Start, before the thread
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<Item> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

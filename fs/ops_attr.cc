@@ -40,7 +40,7 @@ int Filesystem::Impl::DoGetAttr(const Caller& c, uint64_t ino, uint64_t fh, stru
   }
   if (writer != nullptr) {
     {
-      std::lock_guard<std::mutex> l(writer->mu);
+      MutexLock l(&writer->mu);
       FillAttr(copy.ino, copy.rec.meta, writer->buf.size(), copy.unlinked, st);
     }
     Unref(writer);
@@ -95,7 +95,7 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
       shown_size = n.rec.value.size();
     });
     if (wh != nullptr) {
-      std::lock_guard<std::mutex> l(wh->mu);
+      MutexLock l(&wh->mu);
       shown_size = wh->buf.size();
     }
     FillAttr(node_ino, meta, shown_size, true, st);
@@ -120,7 +120,7 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
     Status s = write_path.CommitBatch(Batch().SetMeta(key, meta));
     if (!s.ok()) return StatusToErrno(s);
     if (wh != nullptr) {
-      std::lock_guard<std::mutex> l(wh->mu);
+      MutexLock l(&wh->mu);
       wh->create_meta = meta;
       if (a.to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
         wh->explicit_mtime = meta.mtime_ns;  // cp -a / tar set times before close
@@ -158,7 +158,7 @@ int Filesystem::Impl::DoSetAttr(const Caller& c, uint64_t ino, const AttrRequest
     invalidator.InvalidateKey(key);
   }
   if (wh != nullptr) {
-    std::lock_guard<std::mutex> l(wh->mu);
+    MutexLock l(&wh->mu);
     shown_size = wh->buf.size();
   }
   FillAttr(node_ino, rec->meta, shown_size, unlinked, st);

@@ -159,21 +159,29 @@ int Filesystem::Impl::DoCreate(const Caller& c, const std::string& key, const Me
   if (existed && !MayWrite(c, rec->meta)) return EACCES;
   const bool truncate = existed && (fi->flags & O_TRUNC);
   auto h = std::make_unique<WriteHandle>(0, write_path.budget());
-  if (!truncate && !h->Charge(rec->value.size())) return ENOSPC;  // write budget
+  {
+    MutexLock l(&h->mu);  // (nobody else has the handle yet)
+    if (!truncate && !h->Charge(rec->value.size())) return ENOSPC;  // write budget
+  }
   // A writer node of its own: the dentry was negative, no reader shares it.
   const uint64_t id = table.AcquireFresh(key, *rec);
   h->node = id;
   h->pid = c.pid;
   h->append = fi->flags & O_APPEND;
   uint64_t ino = 0;
+  Meta node_meta;
   table.WithNode(id, [&](Node& n) {
     ++n.writers;
     ++n.open_handles;
     ino = n.ino;
+    node_meta = n.rec.meta;
+  });
+  {
+    MutexLock l(&h->mu);
     if (!truncate) h->buf.assign(rec->value);
     h->truncated = truncate;
-    h->create_meta = n.rec.meta;
-  });
+    h->create_meta = node_meta;
+  }
   writers.Add(h.get());
   fi->fh = reinterpret_cast<uint64_t>(h.release());
   fi->direct_io = 1;

@@ -109,11 +109,15 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
   if (cur->meta.type != EntryType::kFile)
     return cur->meta.type == EntryType::kDir ? EISDIR : EINVAL;
   auto h = std::make_unique<WriteHandle>(ino, write_path.budget());
-  if (!h->Charge(cur->value.size())) return ENOSPC;  // no room for the copy (write budget)
+  {
+    MutexLock l(&h->mu);  // (nobody else has the handle yet)
+    // No room for the copy: the write budget.
+    if (!h->Charge(cur->value.size())) return ENOSPC;
+    h->buf.assign(cur->value);
+    h->create_meta = cur->meta;
+  }
   h->pid = c.pid;
   h->append = fi->flags & O_APPEND;
-  h->buf.assign(cur->value);
-  h->create_meta = cur->meta;
   if (!table.WithNode(ino, [&](Node& n) {
         ++n.writers;
         ++n.open_handles;
@@ -156,7 +160,7 @@ int Filesystem::Impl::DoRead(uint64_t ino, size_t size, off_t off, uint64_t fh,
       return slice(static_cast<ControlHandle*>(h)->text);
     case Handle::Kind::kWriter: {
       auto* w = static_cast<WriteHandle*>(h);
-      std::lock_guard<std::mutex> l(w->mu);
+      MutexLock l(&w->mu);
       slice(w->buf);
       scratch->assign(out->data(), out->size());
       *out = *scratch;
@@ -187,7 +191,7 @@ void Filesystem::Impl::DoRelease(uint64_t ino, Handle* h) {
   auto* w = static_cast<WriteHandle*>(h);
   bool pending;
   {
-    std::lock_guard<std::mutex> l(w->mu);
+    MutexLock l(&w->mu);
     pending = w->dirty || w->truncated;
     if (w->dirty && w->close_failed_at == w->edits) {
       // close() returned this commit's error: the writer was told nothing changed, and
@@ -266,7 +270,7 @@ void Filesystem::Impl::Write(fuse_req_t req, const char* buf, size_t size, off_t
   auto* w = static_cast<WriteHandle*>(h);
   bool need_groups = false;
   if (fuse_req_ctx(req)->uid != 0) {
-    std::lock_guard<std::mutex> l(w->mu);
+    MutexLock l(&w->mu);
     need_groups = PrivsNeedGroups(w->create_meta.mode);
   }
   const Caller c = CallerOf(req, need_groups);
@@ -313,7 +317,7 @@ void Filesystem::Impl::Flush(fuse_req_t req, fuse_file_info* fi) {
     // bash's `echo x > k` flushes a dup'd descriptor before writing: nothing to commit.
     // A FLUSH from another process's file table (a forked child closing its inherited
     // copy, at exit or exec) is not the writer's close: nothing is published for it.
-    std::lock_guard<std::mutex> l(h->mu);
+    MutexLock l(&h->mu);
     if (!h->dirty || (h->write_owner != 0 && fi->lock_owner != h->write_owner)) {
       fuse_reply_err(req, 0);
       return;
@@ -323,7 +327,7 @@ void Filesystem::Impl::Flush(fuse_req_t req, fuse_file_info* fi) {
     std::string key;
     int err = CommitForClose(h, &key);
     if (err != 0) {
-      std::lock_guard<std::mutex> l(h->mu);
+      MutexLock l(&h->mu);
       if (h->dirty) h->close_failed_at = h->edits;
     }
     invalidator.InvalidateKeyThenReply(req, key, err);

@@ -4,27 +4,27 @@
 namespace keyfs::fs {
 
 void WorkerPool::Start(unsigned n) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   stopping_ = false;
   for (unsigned i = 0; i < n; ++i) threads_.emplace_back([this] { Run(); });
 }
 
 void WorkerPool::Submit(std::function<void()> fn) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     queue_.push_back(std::move(fn));
   }
-  cv_.notify_one();
+  cv_.NotifyOne();
 }
 
 void WorkerPool::Stop() {
   std::vector<std::thread> threads;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     stopping_ = true;
     threads.swap(threads_);
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   for (auto& t : threads) t.join();
 }
 
@@ -32,8 +32,8 @@ void WorkerPool::Run() {
   while (true) {
     std::function<void()> fn;
     {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stopping_ || !queue_.empty(); });
+      MutexLock l(&mu_);
+      cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;
       fn = std::move(queue_.front());
       queue_.pop_front();

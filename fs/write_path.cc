@@ -38,7 +38,7 @@ Status WritePath::CommitBatch(const Batch& b) {
 int WritePath::Write(WriteHandle* h, const Caller& c, const char* data, size_t size, off_t off,
                      uint64_t lock_owner) {
   if (off < 0) return EINVAL;
-  std::lock_guard<std::mutex> l(h->mu);
+  MutexLock l(&h->mu);
   const uint64_t at = h->append ? h->buf.size() : static_cast<uint64_t>(off);
   if (int err = CheckSize(at + size)) return err;
   if (at + size > h->buf.size()) {
@@ -59,7 +59,7 @@ int WritePath::Write(WriteHandle* h, const Caller& c, const char* data, size_t s
 
 bool WritePath::MustDropPrivs(WriteHandle* h, const Caller& c) {
   if (!WriteDropsPrivs(c)) return false;
-  std::lock_guard<std::mutex> l(h->mu);
+  MutexLock l(&h->mu);
   return !h->privs_dropped && (h->create_meta.mode & (S_ISUID | S_ISGID));
 }
 
@@ -72,7 +72,7 @@ int WritePath::DropPrivs(WriteHandle* h, const Caller& c) {
   });
   Meta meta;
   {
-    std::lock_guard<std::mutex> l(h->mu);
+    MutexLock l(&h->mu);
     meta = h->create_meta;
   }
   const bool in_group = c.InGroup(meta.gid);
@@ -90,7 +90,7 @@ int WritePath::DropPrivs(WriteHandle* h, const Caller& c) {
     meta.mode = WithoutPrivs(meta.mode, in_group);
   }
   table_->WithNode(h->node, [&](Node& n) { n.rec.meta.mode = meta.mode; });
-  std::lock_guard<std::mutex> l(h->mu);
+  MutexLock l(&h->mu);
   h->create_meta.mode = meta.mode;
   h->privs_dropped = true;
   return 0;
@@ -99,7 +99,7 @@ int WritePath::DropPrivs(WriteHandle* h, const Caller& c) {
 int WritePath::Resize(WriteHandle* h, const Caller& c, int64_t size) {
   if (size < 0) return EINVAL;
   if (int err = CheckSize(static_cast<uint64_t>(size))) return err;
-  std::lock_guard<std::mutex> l(h->mu);
+  MutexLock l(&h->mu);
   if (!h->Charge(static_cast<uint64_t>(size))) return NoRoom(static_cast<uint64_t>(size));
   h->buf.resize(static_cast<size_t>(size));
   h->truncated = true;
@@ -120,14 +120,14 @@ uint64_t DefaultWriteBudget() {
 
 int WritePath::Commit(WriteHandle* h, bool* committed) {
   *committed = false;
-  std::lock_guard<std::mutex> in_order(h->commit_mu);
+  MutexLock in_order(&h->commit_mu);
   std::string value;
   uint64_t edits;
   int64_t mtime;
   bool drop_privs, writer_in_group;
   Meta meta;
   {
-    std::lock_guard<std::mutex> l(h->mu);
+    MutexLock l(&h->mu);
     if (!h->dirty && !h->truncated) return 0;
     value = h->buf;
     edits = h->edits;
@@ -163,7 +163,7 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
       });
     }
   }
-  std::lock_guard<std::mutex> l(h->mu);
+  MutexLock l(&h->mu);
   if (h->edits == edits) {
     h->dirty = h->truncated = h->drop_privs = false;
     h->writer_in_group = true;

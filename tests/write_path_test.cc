@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <latch>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -53,7 +52,7 @@ TEST_F(WritePathTest, WritesCommitsAndSetattrsOnOneHandle) {
   ASSERT_OK(rec.status());
   WriteHandle h(table_.AcquireFresh(key, *rec), path_->budget());
   {
-    std::lock_guard<std::mutex> l(h.mu);
+    MutexLock l(&h.mu);
     h.create_meta = rec->meta;
   }
   Caller writer;
@@ -99,7 +98,7 @@ TEST_F(WritePathTest, WritesCommitsAndSetattrsOnOneHandle) {
         // (here a futimens by the owner).
         Meta m = rec->meta;
         m.atime_ns = m.mtime_ns = i;
-        std::lock_guard<std::mutex> l(h.mu);
+        MutexLock l(&h.mu);
         h.create_meta = m;
         h.explicit_mtime = m.mtime_ns;
       }
@@ -117,7 +116,7 @@ TEST_F(WritePathTest, WritesCommitsAndSetattrsOnOneHandle) {
   ASSERT_EQ(path_->Commit(&h, &committed), 0);
   std::string expected;
   {
-    std::lock_guard<std::mutex> l(h.mu);
+    MutexLock l(&h.mu);
     expected = h.buf;
   }
   ASSERT_EQ(expected.size(), static_cast<size_t>(kWrites));
