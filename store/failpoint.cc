@@ -113,14 +113,14 @@ Status FailPoint(std::string_view name) {
     const uint64_t hit = p->hits.fetch_add(1, std::memory_order_relaxed) + 1;
     if (hit < p->nth || (p->count != 0 && hit >= p->nth + p->count)) continue;
     const std::string what = "failpoint " + p->name + " (hit " + std::to_string(hit) + ")";
+    static const char* const kActions[] = {"SIGKILL", "EIO", "ENOSPC"};
+    const std::string msg = "keyfs: " + what + ": " + kActions[p->action] + "\n";
+    (void)!::write(2, msg.data(), msg.size());  // for the test that set it
     switch (p->action) {
-      case Point::kKill: {
-        const std::string msg = "keyfs: " + what + ": SIGKILL\n";
-        (void)!::write(2, msg.data(), msg.size());
+      case Point::kKill:
         ::kill(::getpid(), SIGKILL);
         ::pause();
         break;
-      }
       case Point::kEio:
         return Status::FromErrno(EIO, what);
       case Point::kEnospc:
