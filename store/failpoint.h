@@ -12,7 +12,7 @@
 // The names: "env.create", "env.write", "env.truncate", "env.fsync", "env.link",
 // "env.rename", "env.remove", "env.fsync_dir" (before each call the default Env makes) and
 // the engines' own, named "snapshot.*" and "dets.*" (see their .cc files).
-// Built in with -DKEYFS_FAILPOINTS=ON (the default; packaged builds turn it off): one
+// Built in with -DKEYFS_FAILPOINTS=ON (the default; =OFF leaves them out): one
 // predictable branch per call when the variables are unset.
 #pragma once
 
