@@ -93,8 +93,16 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     if (committer_.joinable()) committer_.join();
     watcher_.reset();
     // Spares speed up commits while the store is open; closed, they would double its
-    // disk use for nothing. Unlinking is safe for a process still mapping one.
-    for (const std::string& name : spares_) (void)env_->RemoveFile(name);
+    // disk use for nothing. Unlinking is safe for a process still mapping one. Our list
+    // holds other processes' spares too (RemoveStaleTemps), and another writer may be
+    // rewriting one of them right now, to rename it over STORE: only under the store lock
+    // is none of them in use.
+    if (!spares_.empty()) {
+      FlockGuard lock(lock_fd_);
+      if (lock.Lock().ok()) {
+        for (const std::string& name : spares_) (void)env_->RemoveFile(name);
+      }
+    }
     if (lock_fd_ >= 0) ::close(lock_fd_);
   }
 

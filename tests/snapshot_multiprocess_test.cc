@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -20,9 +21,11 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "keyfs/store/engine.h"
+#include "keyfs/store/env.h"
 #include "keyfs/store/snapshot.h"
 #include "testutil.h"
 
@@ -378,6 +381,77 @@ TEST(SnapshotMultiProcess, ReadOnlyEngineFollowsNewFiles) {
   ASSERT_OK(now.status());
   EXPECT_EQ(now->value, "v3");
   EXPECT_TRUE(EventuallyHas(**watcher, "k", "v3"));
+}
+
+// Passes everything to Env::Default(); the first rename of a recycled spare over STORE
+// (after Arm) first runs `before_rename` (a test's hook), then renames.
+class SpareRenameHookEnv final : public Env {
+ public:
+  void Arm(std::function<void()> hook) { before_rename_ = std::move(hook); }
+  StatusOr<std::unique_ptr<WritableFile>> NewExclusiveFile(const std::string& path) override {
+    return Env::Default()->NewExclusiveFile(path);
+  }
+  Status Rename(const std::string& from, const std::string& to) override {
+    if (before_rename_ && from.find(".old-") != std::string::npos) {
+      ++hooked_;
+      std::exchange(before_rename_, nullptr)();
+    }
+    return Env::Default()->Rename(from, to);
+  }
+  Status SyncDir(const std::string& dir) override { return Env::Default()->SyncDir(dir); }
+  Status RemoveFile(const std::string& path) override { return Env::Default()->RemoveFile(path); }
+  StatusOr<std::unique_ptr<WritableFile>> ReopenForRewrite(const std::string& path) override {
+    return Env::Default()->ReopenForRewrite(path);
+  }
+  Status Link(const std::string& from, const std::string& to) override {
+    return Env::Default()->Link(from, to);
+  }
+  int hooked() const { return hooked_; }
+
+ private:
+  std::function<void()> before_rename_;
+  int hooked_ = 0;
+};
+
+// A writer that closes the store removes its spare files (STORE.old-*), which include other
+// writers' spares it found at open. It must not remove one that another writer is rewriting
+// for its commit at that moment: that commit's rename over STORE then failed with "No such
+// file or directory" (a keyfsctl put ending while a mount committed: the writer's close()
+// got ENOENT). Removal waits for the store lock, which the committing writer holds.
+TEST(SnapshotMultiProcess, ClosingWriterLeavesTheSpareAnotherWriterRecycles) {
+  TempDir dir;
+  const std::string path = dir.Join("STORE");
+  ASSERT_OK(CreateStore(path, EngineKind::kSnapshot));
+  SpareRenameHookEnv env;
+  OpenOptions o;
+  o.env = &env;
+  auto a = OpenStore(path, o);
+  ASSERT_OK(a.status());
+  // A few commits leave A spares nobody maps.
+  for (int i = 0; i < 4; ++i) ASSERT_OK((*a)->Commit(Batch().Put("k", std::to_string(i))));
+  // B opens the store read-write: it takes A's spares for its own list.
+  auto b = OpenStore(path, OpenOptions{});
+  ASSERT_OK(b.status());
+  std::thread closer;
+  std::atomic<bool> closed{false};
+  env.Arm([&] {
+    // A holds the store lock and has rewritten a spare; B closes now. Give it time to
+    // remove what it would (it must wait for the lock instead).
+    closer = std::thread([&] {
+      b->reset();
+      closed = true;
+    });
+    const auto end = Clock::now() + std::chrono::milliseconds(300);
+    while (!closed && Clock::now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  });
+  EXPECT_OK((*a)->Commit(Batch().Put("k", "after")));
+  ASSERT_EQ(env.hooked(), 1) << "A wrote a fresh file instead of recycling a spare";
+  closer.join();
+  auto r = (*a)->Get("k");
+  ASSERT_OK(r.status());
+  EXPECT_EQ(r->value, "after");
+  a->reset();
+  EXPECT_OK(VerifyStore(path));
 }
 
 }  // namespace
