@@ -69,7 +69,7 @@ Node* InodeTable::NewNodeLocked(const std::string& key, const Record& rec) {
 
 uint64_t InodeTable::Acquire(const std::string& key, const Record& rec, pid_t tid) {
   MutexLock l(&mu_);
-  const bool for_writer = rec.meta.type == EntryType::kFile && LiveReservationLocked(key, tid);
+  const bool for_writer = rec.meta.type == EntryType::kFile && LiveReservationLocked(tid);
   auto it = by_key_.find(key);
   if (it != by_key_.end()) {
     for (Node* n : it->second) {
@@ -100,46 +100,51 @@ uint64_t InodeTable::Acquire(const std::string& key, const Record& rec, pid_t ti
 }
 
 namespace {
-// Adds (key, tid) to `m`, first forgetting marks whose open was abandoned (the process died
+// Adds `tid` to `m`, first forgetting marks whose open was abandoned (the process died
 // between the ESTALE and the retry): a retry comes within microseconds.
 template <class Map>
-void AddRetry(Map& m, const std::string& key, pid_t tid) {
+void AddRetry(Map& m, pid_t tid) {
   const auto now = std::chrono::steady_clock::now();
   for (auto it = m.begin(); it != m.end();) {
     it = now - it->second > std::chrono::seconds(1) ? m.erase(it) : std::next(it);
   }
-  m[{key, tid}] = now;
+  m[tid] = now;
 }
 }  // namespace
 
-void InodeTable::ReserveForWriter(const std::string& key, pid_t tid) {
+void InodeTable::ReserveForWriter(pid_t tid) {
   MutexLock l(&mu_);
-  AddRetry(writer_pending_, key, tid);
+  AddRetry(writer_pending_, tid);
 }
 
-void InodeTable::MarkReaderRetry(const std::string& key, pid_t tid) {
+void InodeTable::MarkReaderRetry(pid_t tid) {
   MutexLock l(&mu_);
-  AddRetry(reader_retry_, key, tid);
+  AddRetry(reader_retry_, tid);
 }
 
-bool InodeTable::TakeReaderRetry(const std::string& key, pid_t tid) {
+bool InodeTable::TakeReaderRetry(pid_t tid) {
   MutexLock l(&mu_);
-  return !reader_retry_.empty() && reader_retry_.erase({key, tid}) > 0;
+  if (reader_retry_.empty()) return false;
+  auto it = reader_retry_.find(tid);
+  if (it == reader_retry_.end()) return false;
+  const bool live = std::chrono::steady_clock::now() - it->second <= std::chrono::seconds(1);
+  reader_retry_.erase(it);
+  return live;
 }
 
-void InodeTable::WriterOpened(const std::string& key, pid_t tid) {
+void InodeTable::WriterOpened(pid_t tid) {
   MutexLock l(&mu_);
-  if (!writer_pending_.empty()) writer_pending_.erase({key, tid});
+  if (!writer_pending_.empty()) writer_pending_.erase(tid);
 }
 
-bool InodeTable::HasWriterReservation(const std::string& key, pid_t tid) {
+bool InodeTable::HasWriterReservation(pid_t tid) {
   MutexLock l(&mu_);
-  return LiveReservationLocked(key, tid);
+  return LiveReservationLocked(tid);
 }
 
-bool InodeTable::LiveReservationLocked(const std::string& key, pid_t tid) {
+bool InodeTable::LiveReservationLocked(pid_t tid) {
   if (writer_pending_.empty()) return false;
-  auto it = writer_pending_.find({key, tid});
+  auto it = writer_pending_.find(tid);
   if (it == writer_pending_.end()) return false;
   // A retry comes within microseconds; an older reservation belongs to an open that never
   // came back (and thread ids are reused).

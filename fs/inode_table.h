@@ -66,30 +66,33 @@ class InodeTable {
   InodeTable();
 
   // The node for `key` as `rec` shows it, adding one lookup. For readers: the clean node
-  // of that version (one is made if none exists). For thread `tid` while it holds a
-  // writer reservation of `key` (ReserveForWriter): a writer node of the key (tainted),
+  // of that version (one is made if none exists). For a file, to thread `tid` while it
+  // holds a writer reservation (ReserveForWriter): a writer node of the key (tainted),
   // whatever version it last showed, now showing `rec`. Returns its id.
   uint64_t Acquire(const std::string& key, const Record& rec, pid_t tid = 0);
   // A fresh writer node for `key`/`rec` (tainted from birth) even if one exists: for a
   // file just created, which no reader can share.
   uint64_t AcquireFresh(const std::string& key, const Record& rec);
 
-  // Thread `tid` tried to open `key` for writing through a clean node and was sent back
+  // Thread `tid` tried to open a file for writing through a clean node and was sent back
   // (ESTALE): the VFS retries the open once, looking the path up again with LOOKUP_REVAL
-  // from the same thread, and that lookup must answer a writer node. Reservations not
-  // used within a few seconds (the open was abandoned) are dropped.
-  void ReserveForWriter(const std::string& key, pid_t tid);
-  // The writer's retried open succeeded (or the thread did something else with `key`):
-  // its reservation is used up.
-  void WriterOpened(const std::string& key, pid_t tid);
-  // Whether thread `tid` holds a live reservation of `key` (its open is a retry).
-  bool HasWriterReservation(const std::string& key, pid_t tid);
-  // A reader of `key` on thread `tid` was sent back (ESTALE) from a node that is not the
-  // newest version: its retry takes whichever clean node its lookup answered, even if a
-  // commit superseded that one meanwhile (TakeReaderRetry says so once), so that a reader
-  // is never sent back twice.
-  void MarkReaderRetry(const std::string& key, pid_t tid);
-  bool TakeReaderRetry(const std::string& key, pid_t tid);
+  // from the same thread, and that lookup must answer a writer node. A reservation is the
+  // thread's, not a key's: the path may name another key by then (a rename through this
+  // mount moved the file or its directory, or exchanged it), and a thread has one open
+  // under way at a time. Reservations not used within a second (the open was abandoned)
+  // are dropped.
+  void ReserveForWriter(pid_t tid);
+  // The writer's retried open succeeded (or the thread did something else, or its retry
+  // found nothing): its reservation is used up.
+  void WriterOpened(pid_t tid);
+  // Whether thread `tid` holds a live reservation (its open is a retry).
+  bool HasWriterReservation(pid_t tid);
+  // A reader on thread `tid` was sent back (ESTALE) from a node that is not the newest
+  // version: its retry takes whichever clean node its lookup answered, even if a commit
+  // superseded that one meanwhile (TakeReaderRetry says so once), so that a reader is never
+  // sent back twice. Per thread, as reservations are.
+  void MarkReaderRetry(pid_t tid);
+  bool TakeReaderRetry(pid_t tid);
 
   // Drops `n` lookups; erases the node at zero lookups and no open handles.
   // Aborts if the count would go negative (a kernel/daemon accounting bug).
@@ -124,7 +127,7 @@ class InodeTable {
 
  private:
   Node* FindLocked(uint64_t id) REQUIRES(mu_);
-  bool LiveReservationLocked(const std::string& key, pid_t tid) REQUIRES(mu_);
+  bool LiveReservationLocked(pid_t tid) REQUIRES(mu_);
   Node* NewNodeLocked(const std::string& key, const Record& rec) REQUIRES(mu_);
   void MaybeEraseLocked(Node* n) REQUIRES(mu_);
 
@@ -133,10 +136,9 @@ class InodeTable {
   std::unordered_map<uint64_t, std::unique_ptr<Node>> nodes_ GUARDED_BY(mu_);
   // Nodes showing each key.
   std::unordered_map<std::string, std::vector<Node*>> by_key_ GUARDED_BY(mu_);
-  // Writer reservations: (key, thread) -> when it was made.
-  using Retries = std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point>;
-  std::map<std::pair<std::string, pid_t>, std::chrono::steady_clock::time_point> writer_pending_
-      GUARDED_BY(mu_);
+  // Writer reservations and reader retries: thread -> when it was made.
+  using Retries = std::map<pid_t, std::chrono::steady_clock::time_point>;
+  Retries writer_pending_ GUARDED_BY(mu_);
   Retries reader_retry_ GUARDED_BY(mu_);
 };
 

@@ -114,8 +114,10 @@ int Filesystem::Impl::DoLookup(const Caller& c, uint64_t parent, const char* nam
   if (int err = ChildKey(parent, name, &key)) return err == EPERM ? ENOENT : err;
   auto rec = engine->GetInDirectory(key);
   if (rec.status().IsNotFound()) {
-    table.WriterOpened(key, c.pid);  // a writer reservation for a gone key is obsolete
-    std::memset(e, 0, sizeof(*e));   // a negative entry, cached like any other
+    // A retry that finds nothing is over: no later open of this thread is its retry.
+    table.WriterOpened(c.pid);
+    (void)table.TakeReaderRetry(c.pid);
+    std::memset(e, 0, sizeof(*e));  // a negative entry, cached like any other
     e->entry_timeout = timeout();
     return 0;
   }

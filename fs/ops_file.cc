@@ -34,10 +34,10 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
     // the newest version, and is never sent back again. A retry that lands on a writer
     // node again (a path the VFS does not look up again: /proc/self/fd/N, a bind mount of
     // the file) reads the newest committed version through direct I/O.
-    table.WriterOpened(key, c.pid);  // a reservation of this thread is obsolete
+    table.WriterOpened(c.pid);  // a reservation of this thread is obsolete
     auto cur = engine->Get(key);
     if (!cur.ok() && !cur.status().IsNotFound()) return StatusToErrno(cur.status());
-    const bool retry = table.TakeReaderRetry(key, c.pid);
+    const bool retry = table.TakeReaderRetry(c.pid);
     auto h = std::make_unique<ReadHandle>(ino);
     bool opened = false, direct = false;
     table.WithNode(ino, [&](Node& n) {
@@ -56,7 +56,7 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
     });
     if (!opened) {
       if (retry && !cur.ok()) return ENOENT;  // deleted since the retry looked it up
-      table.MarkReaderRetry(key, c.pid);
+      table.MarkReaderRetry(c.pid);
       FsCounters::Bump(counters.estale);
       return ESTALE;
     }
@@ -87,22 +87,22 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
     tainted = true;
   });
   if (!tainted) {
-    if (readers && table.HasWriterReservation(key, c.pid)) {  // a retry, on the same node
-      table.WriterOpened(key, c.pid);
+    if (readers && table.HasWriterReservation(c.pid)) {  // a retry, on the same node
+      table.WriterOpened(c.pid);
       spdlog::info(
           "open of {} for writing refused (EBUSY): it is open for reading through the "
           "same path",
           key);
       return EBUSY;
     }
-    table.ReserveForWriter(key, c.pid);
+    table.ReserveForWriter(c.pid);
     FsCounters::Bump(counters.estale);
     return ESTALE;
   }
   // The copy starts from the newest committed value, whatever version the node showed.
   auto cur = engine->Get(key);
   if (cur.status().IsNotFound()) {  // deleted since its lookup
-    table.WriterOpened(key, c.pid);
+    table.WriterOpened(c.pid);
     return ENOENT;
   }
   if (!cur.ok()) return StatusToErrno(cur.status());
@@ -124,7 +124,7 @@ int Filesystem::Impl::DoOpen(const Caller& c, uint64_t ino, fuse_file_info* fi) 
       })) {
     return ENOENT;
   }
-  table.WriterOpened(key, c.pid);
+  table.WriterOpened(c.pid);
   // fstat/lseek on the writer's fd must see its own size: drop the attributes the kernel
   // caches for this node (attributes only: no lock is taken for that).
   if (session != nullptr) fuse_lowlevel_notify_inval_inode(session, ino, -1, 0);
