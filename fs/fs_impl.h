@@ -33,6 +33,8 @@
 // sends invalidations and the replies that must follow them.
 // Lock order: WriteHandle::commit_mu -> WriteHandle::mu -> InodeTable -> (WriterRegistry,
 // Invalidator): the last two are leaves; no lock is held while replying to the kernel.
+// InodeTable's RenameGate (KeysInUse) comes after commit_mu (mu released) and before
+// InodeTable's mutex.
 #pragma once
 
 #include <fuse_lowlevel.h>

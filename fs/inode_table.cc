@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace keyfs::fs {
 
@@ -29,6 +30,89 @@ Record CompactRecord(const Record& rec) {
     r.pin = std::move(copy);
   }
   return r;
+}
+
+bool RenameGate::Move::Covers(const Use& u) const {
+  return AtOrBelow(u.key, from) || ((exchange || u.commit) && AtOrBelow(u.key, to));
+}
+
+bool RenameGate::CoveredLocked(const Use& u) const {
+  for (const auto& [t, m] : moves_) {
+    if (m.Covers(u)) return true;
+  }
+  return false;
+}
+
+uint64_t RenameGate::EnterShared(const std::string& key, bool commit) {
+  Use u{key, commit};
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return !CoveredLocked(u); });
+  const uint64_t ticket = next_ticket_++;
+  users_.emplace(ticket, std::move(u));
+  return ticket;
+}
+
+uint64_t RenameGate::TryEnterShared(const std::string& key, bool commit) {
+  Use u{key, commit};
+  std::lock_guard<std::mutex> l(mu_);
+  if (CoveredLocked(u)) return 0;
+  const uint64_t ticket = next_ticket_++;
+  users_.emplace(ticket, std::move(u));
+  return ticket;
+}
+
+void RenameGate::ExitShared(uint64_t ticket) {
+  std::lock_guard<std::mutex> l(mu_);
+  users_.erase(ticket);
+  if (!moves_.empty()) cv_.notify_all();
+}
+
+uint64_t RenameGate::EnterRename(const std::string& from, const std::string& to, bool exchange) {
+  std::unique_lock<std::mutex> l(mu_);
+  const uint64_t ticket = next_ticket_++;
+  const Move& me = moves_.emplace(ticket, Move{from, to, exchange}).first->second;
+  // Another rename overlaps if one's source or target is at or below the other's.
+  auto overlaps = [](const Move& a, const Move& b) {
+    return AtOrBelow(a.from, b.from) || AtOrBelow(a.from, b.to) || AtOrBelow(a.to, b.from) ||
+           AtOrBelow(a.to, b.to) || AtOrBelow(b.from, a.from) || AtOrBelow(b.from, a.to) ||
+           AtOrBelow(b.to, a.from) || AtOrBelow(b.to, a.to);
+  };
+  cv_.wait(l, [&] {
+    for (const auto& [t, u] : users_) {
+      if (me.Covers(u)) return false;
+    }
+    for (const auto& [t, m] : moves_) {
+      if (t >= ticket) break;
+      if (overlaps(me, m)) return false;
+    }
+    return true;
+  });
+  return ticket;
+}
+
+void RenameGate::ExitRename(uint64_t ticket) {
+  std::lock_guard<std::mutex> l(mu_);
+  moves_.erase(ticket);
+  cv_.notify_all();
+}
+
+KeysInUse::KeysInUse(InodeTable* table, uint64_t id, bool wait, bool commit)
+    : gate_(&table->rename_gate()) {
+  std::string key;
+  if (!table->KeyOf(id, &key)) return;
+  while (true) {
+    ticket_ = wait ? gate_->EnterShared(key, commit) : gate_->TryEnterShared(key, commit);
+    if (ticket_ == 0) {
+      held_ = false;
+      return;
+    }
+    // A rename that moved the node before we entered shows as a new key: use that one.
+    std::string now;
+    if (!table->KeyOf(id, &now) || now == key) return;
+    gate_->ExitShared(ticket_);
+    ticket_ = 0;
+    key = std::move(now);
+  }
 }
 
 InodeTable::InodeTable() {

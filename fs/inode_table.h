@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -59,8 +60,55 @@ uint64_t KeyIno(std::string_view key);
 // pin whole store tables), large ones pinned in place.
 Record CompactRecord(const Record& rec);
 
+// A rename through this mount commits, then moves the keys of the nodes below it
+// (InodeTable::Renamed). A request that reads a node's key and then acts on the store by
+// that key must not straddle the two: it would act on the old name (a write commit gets
+// ENOENT, or lands in the other directory of an exchange; a LOOKUP caches a negative or
+// wrong entry in the moved directory for the whole entry timeout). The gate keeps them
+// apart per key: a rename waits for the requests using a key it covers, and requests for
+// such keys wait for the rename (and for a waiting one, so that a steady stream cannot
+// starve it). A rename covers the keys at or below its source (and its target, for an
+// exchange); for a commit, also those at or below its target, whose nodes it unlinks.
+// Requests on other keys never wait, nor do readers' opens (a version that changed under
+// one sends it back once, ESTALE, whatever the cause). (A rename and a LOOKUP or READDIR in
+// the same directory never overlap: the kernel holds the directory's lock for both.) Never
+// entered twice by one thread, never held across a hand-off to another thread.
+// Thread-safe; its mutex is a leaf.
+class RenameGate {
+ public:
+  // Waits until no rename covering `key` (a commit's: `commit`) is waiting or under way,
+  // then counts `key` as in use. Returns the ticket ExitShared takes.
+  uint64_t EnterShared(const std::string& key, bool commit);
+  // EnterShared without waiting: 0 if it would have to wait.
+  uint64_t TryEnterShared(const std::string& key, bool commit);
+  void ExitShared(uint64_t ticket);
+  // Waits until no key it covers is in use and no earlier rename above or below `from` or
+  // `to` is under way. Returns the ticket ExitRename takes.
+  uint64_t EnterRename(const std::string& from, const std::string& to, bool exchange);
+  void ExitRename(uint64_t ticket);
+
+ private:
+  struct Use {
+    std::string key;
+    bool commit;
+  };
+  struct Move {
+    std::string from, to;
+    bool exchange;
+    bool Covers(const Use& u) const;
+  };
+  bool CoveredLocked(const Use& u) const;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t next_ticket_ = 1;
+  std::map<uint64_t, Use> users_;   // ticket -> key in use
+  std::map<uint64_t, Move> moves_;  // renames waiting or under way, in arrival order
+};
+
 // Thread-safety: every method locks the table's mutex; Node fields are protected by it
-// too (callers use WithNode / Locked for multi-field updates).
+// too (callers use WithNode / Locked for multi-field updates). rename_gate() is the
+// RenameGate of this table's keys; it comes before the table's mutex in the lock order.
 class InodeTable {
  public:
   InodeTable();
@@ -125,6 +173,8 @@ class InodeTable {
 
   size_t size();
 
+  RenameGate& rename_gate() { return rename_gate_; }
+
  private:
   Node* FindLocked(uint64_t id) REQUIRES(mu_);
   bool LiveReservationLocked(pid_t tid) REQUIRES(mu_);
@@ -140,6 +190,28 @@ class InodeTable {
   using Retries = std::map<pid_t, std::chrono::steady_clock::time_point>;
   Retries writer_pending_ GUARDED_BY(mu_);
   Retries reader_retry_ GUARDED_BY(mu_);
+  RenameGate rename_gate_;
+};
+
+// Holds `table`'s RenameGate for the key of node `id` while it lives (`commit`: for a
+// commit by that key): that key (and those below it) stays what the store says. (Nothing
+// is held for an unknown node.) With `wait` false it gives up instead of waiting for a
+// rename: held() says whether it holds. The loop thread never waits (every request would
+// wait behind it): it hands a request that would to a worker.
+class KeysInUse {
+ public:
+  KeysInUse(InodeTable* table, uint64_t id, bool wait = true, bool commit = false);
+  ~KeysInUse() {
+    if (ticket_ != 0) gate_->ExitShared(ticket_);
+  }
+  KeysInUse(const KeysInUse&) = delete;
+  KeysInUse& operator=(const KeysInUse&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  RenameGate* gate_;
+  uint64_t ticket_ = 0;
+  bool held_ = true;
 };
 
 }  // namespace keyfs::fs

@@ -1,5 +1,6 @@
 // Requests on directories: OPENDIR, READDIR, READDIRPLUS.
 #include <cstring>
+#include <utility>
 
 #include "fs_impl.h"
 
@@ -115,14 +116,31 @@ void Filesystem::Impl::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* f
 
 void Filesystem::Impl::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                                fuse_file_info* fi, bool plus) {
-  std::string buf;
-  size_t used = 0;
   auto* h = static_cast<DirHandle*>(HandleOf(fi->fh));
-  if (int err = DoReadDir(req, ino, size, off, h, plus, &buf, &used)) {
-    fuse_reply_err(req, err);
-  } else {
-    fuse_reply_buf(req, buf.data(), used);
+  auto answer = [this, req, ino, size, off, h, plus](const KeysInUse&) {
+    std::string buf;
+    size_t used = 0;
+    int err = DoReadDir(req, ino, size, off, h, plus, &buf, &used);
+    return std::make_pair(err, std::move(buf.erase(used)));
+  };
+  auto reply = [req](const std::pair<int, std::string>& r) {
+    if (r.first != 0) {
+      fuse_reply_err(req, r.first);
+    } else {
+      fuse_reply_buf(req, r.second.data(), r.second.size());
+    }
+  };
+  std::pair<int, std::string> r;
+  {
+    // The directory's key (readdirplus: its children's nodes) is what the store has now.
+    KeysInUse keys(&table, ino, /*wait=*/false);
+    if (!keys.held()) {
+      Async(req, [this, req, ino, answer, reply] { reply(answer(KeysInUse(&table, ino))); });
+      return;
+    }
+    r = answer(keys);
   }
+  reply(r);
 }
 
 }  // namespace keyfs::fs

@@ -208,19 +208,32 @@ int Filesystem::Impl::DoUnlink(const std::string& key, bool dir) {
 }
 
 int Filesystem::Impl::DoRename(const std::string& from, const std::string& to, uint32_t flags) {
-  Status s = write_path.CommitBatch(Batch().Rename(from, to, flags));
-  if (!s.ok()) return StatusToErrno(s);
-  const bool exchange = flags & kRenameExchange;
-  if (!exchange && from != to) table.Unlinked(to);
-  table.Renamed(from, to, exchange);
-  return 0;
+  Status s = write_path.Rename(from, to, flags);
+  return s.ok() ? 0 : StatusToErrno(s);
 }
 
 // ---- request entry points ----
 
 void Filesystem::Impl::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   fuse_entry_param e;
-  int err = DoLookup(CallerOf(req), parent, name, &e);
+  int err;
+  {
+    // The answer is for the name the store has now, never one a rename is moving.
+    KeysInUse keys(&table, parent, /*wait=*/false);
+    if (!keys.held()) {
+      Async(req, [this, req, parent, name = std::string(name)] {
+        fuse_entry_param e;
+        int err;
+        {
+          KeysInUse keys(&table, parent);
+          err = DoLookup(CallerOf(req), parent, name.c_str(), &e);
+        }
+        ReplyEntry(this, req, err, e);
+      });
+      return;
+    }
+    err = DoLookup(CallerOf(req), parent, name, &e);
+  }
   if (err == 0 && config.read_only && e.ino == kStatsFileId) {
     // -o ro sends no OPEN: every open of `stats` looks it up again (timeouts 0), and the
     // pages the last open read are dropped before the answer, so the read that follows

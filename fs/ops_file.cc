@@ -225,7 +225,31 @@ void Filesystem::Impl::DoRelease(uint64_t ino, Handle* h) {
 // ---- request entry points ----
 
 void Filesystem::Impl::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (int err = DoOpen(CallerOf(req), ino, fi)) {
+  // A writer's file keeps its key while the open looks at it (RenameGate). A reader needs
+  // no gate: a version that changed under it sends it back once (ESTALE).
+  int err;
+  if ((fi->flags & O_ACCMODE) == O_RDONLY) {
+    err = DoOpen(CallerOf(req), ino, fi);
+  } else {
+    KeysInUse keys(&table, ino, /*wait=*/false);
+    if (!keys.held()) {
+      Async(req, [this, req, ino, f = *fi]() mutable {
+        int err;
+        {
+          KeysInUse keys(&table, ino);
+          err = DoOpen(CallerOf(req), ino, &f);
+        }
+        if (err != 0) {
+          fuse_reply_err(req, err);
+        } else if (fuse_reply_open(req, &f) != 0) {
+          DoRelease(ino, HandleOf(f.fh));  // interrupted
+        }
+      });
+      return;
+    }
+    err = DoOpen(CallerOf(req), ino, fi);
+  }
+  if (err != 0) {
     fuse_reply_err(req, err);
     return;
   }

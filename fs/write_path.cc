@@ -136,6 +136,8 @@ int WritePath::Commit(WriteHandle* h, bool* committed) {
     writer_in_group = h->writer_in_group;
     meta = h->create_meta;  // SETATTR and DropPrivs change it on other threads
   }
+  // From reading the node's key until the commit is applied, no rename may move it.
+  KeysInUse keys_in_use(table_, h->node, /*wait=*/true, /*commit=*/true);
   std::string key;
   bool unlinked = false;
   table_->WithNode(h->node, [&](Node& n) {
@@ -185,6 +187,22 @@ int WritePath::TruncateKey(const std::string& key, int64_t size, const Meta& met
   m.type = EntryType::kFile;
   Status s = CommitBatch(Batch().Put(key, std::move(v), m));
   return s.ok() ? 0 : StatusToErrno(s);
+}
+
+Status WritePath::Rename(const std::string& from, const std::string& to, uint32_t flags) {
+  struct Alone {
+    RenameGate* gate;
+    uint64_t ticket;
+    ~Alone() { gate->ExitRename(ticket); }
+  } alone{&table_->rename_gate(),
+          table_->rename_gate().EnterRename(from, to, flags & kRenameExchange)};
+  Status s = CommitBatch(Batch().Rename(from, to, flags));
+  if (s.ok()) {
+    const bool exchange = flags & kRenameExchange;
+    if (!exchange && from != to) table_->Unlinked(to);
+    table_->Renamed(from, to, exchange);
+  }
+  return s;
 }
 
 }  // namespace keyfs::fs

@@ -22,7 +22,7 @@ namespace keyfs::fs {
 
 // Thread-safety: every method may be called from any thread; a handle's own fields are
 // guarded by its mutexes. Lock order: WriteHandle::commit_mu, WriteHandle::mu, then
-// InodeTable's (never the reverse).
+// InodeTable's (never the reverse); InodeTable's RenameGate between commit_mu and the table.
 // The default limit of the bytes all write handles' copies hold together: half the
 // machine's memory, at least one largest value.
 uint64_t DefaultWriteBudget();
@@ -60,6 +60,11 @@ class WritePath {
   // truncate(2) of `key` with no write handle of the caller: a commit of its own, with
   // `meta` as the entry's new metadata. 0 or an errno.
   int TruncateKey(const std::string& key, int64_t size, const Meta& meta);
+
+  // Commits the rename of `from` to `to` (kRename* flags) and moves the nodes it renames
+  // (InodeTable::Unlinked of a replaced target, InodeTable::Renamed), with nobody using a
+  // node's key in between (RenameGate). The engine's Status.
+  Status Rename(const std::string& from, const std::string& to, uint32_t flags);
 
  private:
   Engine* const engine_;
