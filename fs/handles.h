@@ -109,6 +109,7 @@ struct DirHandle final : Handle {
   explicit DirHandle(uint64_t n) : Handle(Kind::kDir, n) {}
   off_t next_off = 0;
   std::string last_name;
+  bool at_end = false;  // the last answer ended the listing: continuing it is EOF
 };
 
 // MOUNT/.keyfs/stats (a snapshot of the JSON taken at open) or MOUNT/.keyfs/sync.

@@ -63,11 +63,15 @@ int Filesystem::Impl::DoReadDir(fuse_req_t req, uint64_t ino, size_t size, off_t
   std::string after;
   off_t skip = 0;
   if (off == h->next_off && off > 2) {
+    // The kernel asks once more after a listing that one answer held whole, to see its
+    // end: that is the end, not the names committed since (they would mix two commits).
+    if (h->at_end) return 0;
     after = h->last_name;
   } else {
     skip = off - 2;  // a seek: restart and skip (rare)
   }
   off_t pos = off;
+  bool full = false;
   const std::string prefix = dir.empty() ? std::string() : dir + "/";
   Status s = engine->List(dir, after, [&](const DirEntry& d) {
     if (dir.empty() && d.name == kControlDirName) return true;  // reserved, never listed
@@ -93,6 +97,7 @@ int Filesystem::Impl::DoReadDir(fuse_req_t req, uint64_t ino, size_t size, off_t
     }
     if (!add(name.c_str(), e.attr, pos + 1, &e)) {
       if (id != 0) table.Forget(id, 1);  // the kernel never saw this entry
+      full = true;
       return false;
     }
     ++pos;
@@ -101,6 +106,7 @@ int Filesystem::Impl::DoReadDir(fuse_req_t req, uint64_t ino, size_t size, off_t
   });
   if (!s.ok() && *used == 0) return StatusToErrno(s);
   h->next_off = pos;
+  h->at_end = s.ok() && !full;
   return 0;
 }
 

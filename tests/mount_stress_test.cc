@@ -1,5 +1,7 @@
 // Stress through real mounts (issue 10, item 6), and the regressions it found.
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine_mount_test.h"
 
@@ -177,6 +180,56 @@ TEST_P(MountStressTest, WritesCommitWhileTheirDirectoryIsRenamed) {
   EXPECT_EQ(seq, acked);
   std::printf("[ info ] %lu writes, %d renames of their directory\n",
               static_cast<unsigned long>(acked), renames.load());
+}
+
+// Names in one getdents64 call on `fd` (without "." and ".."); -1 in *n on error.
+std::vector<std::string> Getdents(int fd, long* n) {
+  alignas(8) char buf[65536];
+  *n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+  std::vector<std::string> names;
+  for (long off = 0; off < *n;) {
+    const auto* d = reinterpret_cast<const struct dirent64*>(buf + off);
+    if (std::strcmp(d->d_name, ".") != 0 && std::strcmp(d->d_name, "..") != 0) {
+      names.emplace_back(d->d_name);
+    }
+    off += d->d_reclen;
+  }
+  return names;
+}
+
+// §3 "every mount lists what the last commit it knows of contains": a listing that one
+// READDIR answer held whole ends there. The kernel asks once more to see the end; that
+// answer resumed after the last name in the newest table and returned names committed
+// since, so `ls` of a directory whose x was renamed to y could show both x and y.
+TEST_P(MountStressTest, ListingThatOneAnswerHeldEndsThere) {
+  ASSERT_EQ(mkdir(P("d").c_str(), 0755), 0);
+  ASSERT_EQ(WriteFile(P("d/p"), "p"), 0);
+  ASSERT_EQ(WriteFile(P("d/x"), "x"), 0);
+  if (dets()) {
+    ASSERT_NO_FATAL_FAILURE(Remount("sync_interval=1"));  // the ro mount follows syncs
+  }
+  const std::string ro = MountSecond("ro");
+  ASSERT_FALSE(ro.empty());
+  // Each rename's new name sorts after the old one, where a resumed listing looks.
+  for (const std::string& m : {mnt(), ro}) {
+    const bool on_ro = m == ro;
+    const std::string from = on_ro ? "d/y" : "d/x", to = on_ro ? "d/z" : "d/y";
+    if (on_ro) {
+      EXPECT_TRUE(WaitFor([&] { return Exists(ro + "/d/y") && !Exists(ro + "/d/x"); }));
+    }
+    int fd = open((m + "/d").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(fd, 0) << Err(errno);
+    long n = 0;
+    EXPECT_EQ(Getdents(fd, &n), (std::vector<std::string>{"p", from.substr(2)})) << m;
+    ASSERT_EQ(rename(P(from).c_str(), P(to).c_str()), 0) << Err(errno);
+    if (on_ro) {
+      ASSERT_NO_FATAL_FAILURE(SyncIfDets());
+      EXPECT_TRUE(WaitFor([&] { return Exists(m + "/" + to); })) << "the ro mount never saw it";
+    }
+    std::vector<std::string> more = Getdents(fd, &n);
+    EXPECT_EQ(n, 0) << m << ": the listing went on with " << ::testing::PrintToString(more);
+    close(fd);
+  }
 }
 
 std::string EngineName(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
