@@ -5,6 +5,7 @@
 // only once the mount is ready: a child does the work and reports back through a pipe.
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <poll.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
@@ -251,8 +252,26 @@ int Serve(fuse_args* args, const std::string& store, const std::string& mountpoi
   }
   int r = fuse_session_loop(se);
   spdlog::info("unmounting {}", mountpoint);
-  fuse_session_unmount(se);
+  // Workers and the invalidator reply and notify until fs.Stop() returns, and commits and
+  // syncs they finish open store files meanwhile. libfuse's unmount closes the device
+  // before it forgets the descriptor's number, so a reply sent in between went to whatever
+  // file took the number (found in a dets store: FUSE replies at offset 0 of the file a
+  // sync published). /dev/null takes the number in one step instead: the device is closed
+  // (which aborts the connection, so nothing stays blocked on the kernel), late replies go
+  // nowhere, and the unmount below closes /dev/null once nobody writes to it any more.
+  // Whether the kernel side is gone already (unmounted or aborted from outside: then there
+  // is nothing to unmount) is libfuse's own test, made on the device while it is ours.
+  const int dev = fuse_session_fd(se);
+  pollfd pfd = {dev, 0, 0};
+  const bool gone = poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR) != 0;
+  if (int null = open("/dev/null", O_WRONLY | O_CLOEXEC); null >= 0) {
+    if (dup3(null, dev, O_CLOEXEC) < 0) {
+      spdlog::warn("cannot retire the FUSE device descriptor: {}", strerror(errno));
+    }
+    close(null);
+  }
   fs.Stop();
+  if (!gone) fuse_session_unmount(se);  // else fuse_session_destroy closes /dev/null
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
   keyfs::Status s = (*engine)->Sync();
