@@ -398,6 +398,9 @@ class SpareRenameHookEnv final : public Env {
     }
     return Env::Default()->Rename(from, to);
   }
+  Status RenameNoReplace(const std::string& from, const std::string& to) override {
+    return Env::Default()->RenameNoReplace(from, to);
+  }
   Status SyncDir(const std::string& dir) override { return Env::Default()->SyncDir(dir); }
   Status RemoveFile(const std::string& path) override { return Env::Default()->RemoveFile(path); }
   StatusOr<std::unique_ptr<WritableFile>> ReopenForRewrite(const std::string& path) override {
