@@ -141,7 +141,7 @@ void Filesystem::Impl::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_
     // The directory's key (readdirplus: its children's nodes) is what the store has now.
     KeysInUse keys(&table, ino, /*wait=*/false);
     if (!keys.held()) {
-      Async(req, [this, req, ino, answer, reply] { reply(answer(KeysInUse(&table, ino))); });
+      Async(req, [this, ino, answer, reply] { reply(answer(KeysInUse(&table, ino))); });
       return;
     }
     r = answer(keys);
