@@ -24,16 +24,15 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "keyfs/store/env.h"
+#include "testutil.h"
 
 namespace keyfs::test {
 
@@ -76,11 +75,8 @@ class PowerLossEnv final : public Env {
       if (!Tracked(name)) continue;
       struct stat st;
       if (::stat((dir_ + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
-      std::ifstream in(dir_ + "/" + name, std::ios::binary);
-      std::stringstream ss;
-      ss << in.rdbuf();
       const int ino = NewInode();
-      inodes_[ino].durable = inodes_[ino].current = ss.str();
+      inodes_[ino].durable = inodes_[ino].current = ReadAll(dir_ + "/" + name);
       durable_names_[name] = names_[name] = ino;
     }
     ::closedir(d);

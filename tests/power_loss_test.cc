@@ -10,14 +10,11 @@
 //     the last attempted one: nothing acknowledged lost, nothing torn;
 //   - accept a new commit, and leave no temp or spare file behind once closed.
 // Acknowledgement points and step counts are printed, for the README's figures.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <functional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -31,32 +28,12 @@ namespace {
 
 using model::Model;
 using model::Tree;
+using test::FilesIn;
 using test::PowerLossEnv;
+using test::ReadAll;
 using test::TempDir;
+using test::WriteAll;
 using Survival = PowerLossEnv::Survival;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
-
-std::vector<std::string> FilesIn(const std::string& dir) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  while (dirent* de = d ? ::readdir(d) : nullptr) {
-    std::string n = de->d_name;
-    if (n != "." && n != "..") out.push_back(n);
-  }
-  if (d) ::closedir(d);
-  return out;
-}
 
 void RemoveAllIn(const std::string& dir) {
   for (const std::string& n : FilesIn(dir)) ::unlink((dir + "/" + n).c_str());
@@ -130,7 +107,7 @@ class PowerLossTest : public ::testing::TestWithParam<EngineKind> {
       ASSERT_OK((*e)->Commit(init));
       ASSERT_OK((*e)->Sync());
     }
-    initial_ = ReadFile(path_);
+    initial_ = ReadAll(path_);
     Model m;
     ASSERT_EQ(m.Apply(init), Status::Code::kOk);
     states_.push_back(m);
@@ -146,7 +123,7 @@ class PowerLossTest : public ::testing::TestWithParam<EngineKind> {
   // The directory back to the initial store, all of it durable.
   void Reset() {
     RemoveAllIn(dir_.path());
-    WriteFile(path_, initial_);
+    WriteAll(path_, initial_);
   }
 
   // Opens the store through `env` and commits the workload: dets syncs after every second
@@ -319,8 +296,8 @@ TEST_P(PowerLossTest, EveryStepOfCreate) {
 // Opening a version-1 store read-write rewrites it as version 2 (tests/testdata): after a
 // cut at any step of that, it opens with the same content, in either version.
 TEST_P(PowerLossTest, EveryStepOfUpgrade) {
-  const std::string v1 = ReadFile(std::string(KEYFS_TESTDATA_DIR) +
-                                  (dets() ? "/format_v1.dets" : "/format_v1.snapshot"));
+  const std::string v1 = ReadAll(std::string(KEYFS_TESTDATA_DIR) +
+                                 (dets() ? "/format_v1.dets" : "/format_v1.snapshot"));
   ASSERT_FALSE(v1.empty());
   auto dump = [&](Tree* t, uint32_t* root_mode) {
     OpenOptions o;
@@ -333,7 +310,7 @@ TEST_P(PowerLossTest, EveryStepOfUpgrade) {
     *root_mode = root->meta.mode;
   };
   RemoveAllIn(dir_.path());
-  WriteFile(path_, v1);
+  WriteAll(path_, v1);
   Tree want;
   uint32_t want_root = 0;
   ASSERT_NO_FATAL_FAILURE(dump(&want, &want_root));
@@ -358,7 +335,7 @@ TEST_P(PowerLossTest, EveryStepOfUpgrade) {
   ASSERT_GT(steps, 0) << "nothing was upgraded";
   for (int cut = 1; cut <= steps; ++cut) {
     RemoveAllIn(dir_.path());
-    WriteFile(path_, v1);
+    WriteAll(path_, v1);
     PowerLossEnv env(dir_.path());
     env.CutPowerAt(cut);
     {

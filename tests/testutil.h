@@ -1,13 +1,17 @@
 // Shared test helpers: status assertions, temp directories, random keys.
 #pragma once
 
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "keyfs/store/status.h"
 
@@ -55,6 +59,31 @@ inline std::string RandomName(std::mt19937_64& rng, size_t min_len, size_t max_l
   std::string s(len(rng), 'a');
   for (char& c : s) c = static_cast<char>(ch(rng));
   return s;
+}
+
+// The whole content of a file ("" if it cannot be read).
+inline std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Replaces a file's content.
+inline void WriteAll(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+// The names in a directory, without "." and "..", sorted.
+inline std::vector<std::string> FilesIn(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  while (dirent* de = d ? ::readdir(d) : nullptr) {
+    std::string n = de->d_name;
+    if (n != "." && n != "..") out.push_back(n);
+  }
+  if (d) ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 inline std::string RandomBytes(std::mt19937_64& rng, size_t len) {
