@@ -180,12 +180,14 @@ StatusOr<std::unique_ptr<Engine>> ReopenStore(const std::string& path) {
   return engine;
 }
 
-StatusOr<TableRef> CurrentTable(const Engine& engine) {
-  const auto* snapshot = dynamic_cast<const SnapshotEngine*>(&engine);
+// The store's table with every commit merged into it (the commit log folded in first).
+StatusOr<TableRef> CurrentTable(Engine& engine) {
+  auto* snapshot = dynamic_cast<SnapshotEngine*>(&engine);
   if (snapshot == nullptr) {
     return Status::InvalidArgument("engine " + std::string(engine.name()) +
                                    " is not a SnapshotEngine");
   }
+  KEYFS_RETURN_IF_ERROR(snapshot->Merge());
   return snapshot->Current();
 }
 

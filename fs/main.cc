@@ -35,6 +35,7 @@ struct Options {
   char* engine = nullptr;
   char* sync_interval = nullptr;
   char* write_buffer = nullptr;
+  char* merge_threshold = nullptr;
   int fsname_given = 0;  // -o fsname= / subtype= of the user's win over ours
   int subtype_given = 0;
   int ro = 0;
@@ -53,6 +54,7 @@ const fuse_opt kOptSpec[] = {
     KEYFS_OPT("engine=%s", engine),
     KEYFS_OPT("sync_interval=%s", sync_interval),
     KEYFS_OPT("write_buffer=%s", write_buffer),
+    KEYFS_OPT("merge_threshold=%s", merge_threshold),
     KEYFS_OPT("log_level=%s", log_level),
     KEYFS_OPT("log_file=%s", log_file),
     FUSE_OPT_KEY("-h", kKeyHelp),
@@ -97,6 +99,9 @@ void Usage(const char* prog) {
       "    -o create              create STORE if it does not exist\n"
       "    -o engine=NAME         snapshot (default) or dets; must match an existing STORE\n"
       "    -o sync_interval=SECS  dets: seconds between syncs (default 30, 0 = fsync/unmount)\n"
+      "    -o merge_threshold=N   snapshot: keys in the commit log that start a merge into a\n"
+      "                           new table (default: 16384 or 1/8 of the keys, the larger;\n"
+      "                           1 = write a whole table per commit)\n"
       "    -o write_buffer=SIZE   bytes the copies of all files open for writing may hold\n"
       "                           together (K, M, G suffixes; default half the memory);\n"
       "                           past it writes get ENOSPC\n"
@@ -295,6 +300,16 @@ unsigned ParseSyncInterval(const char* text) {
   return static_cast<unsigned>(std::stoul(t));
 }
 
+// The keys of -o merge_threshold: digits only, 1 to 2^40.
+uint64_t ParseMergeThreshold(const char* text) {
+  const std::string t = text;
+  if (t.empty() || t.size() > 13 || t.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoull(t) == 0 || std::stoull(t) > (uint64_t{1} << 40)) {
+    Die("bad merge_threshold '" + t + "': a number of keys from 1 to 1099511627776");
+  }
+  return std::stoull(t);
+}
+
 // The bytes of -o write_buffer: digits with an optional K, M or G suffix, at least 1 MiB.
 uint64_t ParseSize(const char* option, const char* text) {
   std::string t = text;
@@ -389,6 +404,9 @@ int main(int argc, char** argv) {
   open_options.watch = true;
   open_options.create = o.create;
   if (o.sync_interval != nullptr) open_options.sync_interval_s = ParseSyncInterval(o.sync_interval);
+  if (o.merge_threshold != nullptr) {
+    open_options.merge_threshold = ParseMergeThreshold(o.merge_threshold);
+  }
   const uint64_t write_budget =
       o.write_buffer != nullptr ? ParseSize("write_buffer", o.write_buffer) : 0;
   if (o.engine != nullptr) {

@@ -28,7 +28,9 @@ inline uint64_t HashKey(std::string_view key) { return Hash(key.data(), key.size
 // ---- snapshot (FORMAT.md §2) ----
 constexpr char kSnapMagic[8] = {'K', 'E', 'Y', 'F', 'S', 'S', 'N', 'P'};
 // Writers write kSnapVersion only; readers accept every version from 1 (FORMAT.md §2.9).
-constexpr uint32_t kSnapVersion = 2;
+// Version 3 has version 2's layout; it says the table may have a commit log beside it
+// (STORE.log, §2.10), so that a reader that knows no log refuses it.
+constexpr uint32_t kSnapVersion = 3;
 constexpr uint32_t kSnapHeaderSizeV1 = 128;
 constexpr uint32_t kSnapHeaderSize = 176;  // v2: the root's metadata before the checksum
 constexpr uint64_t kSnapDataStart = 4096;  // records begin here; [128, 4096) is zero
@@ -86,6 +88,32 @@ enum SnapMetaField : uint32_t {
   kMVersion = 32,
   kMAtime = 40,  // v2 only
 };
+
+// ---- snapshot commit log, STORE.log (FORMAT.md §2.10) ----
+constexpr char kLogMagic[8] = {'K', 'E', 'Y', 'F', 'S', 'L', 'O', 'G'};
+constexpr uint32_t kLogVersion = 1;
+constexpr uint32_t kLogHeaderSize = 64;
+enum LogHeader : uint32_t {
+  kLHMagic = 0,
+  kLHVersion = 8,
+  kLHHeaderSize = 12,
+  kLHBaseGeneration = 16,
+  kLHCreateTime = 24,
+  kLHChecksum = 56,  // H(bytes 0..55)
+};
+constexpr uint32_t kLogRecordMagic = 0x4352'4c4b;  // "KLRC"
+constexpr uint32_t kLogRecordFixed = 40;           // magic, flags, length, generation, time, count
+constexpr uint32_t kLogFlagRoot = 1;               // the root's metadata (48 bytes) follows
+enum LogRecordField : uint32_t {
+  kLRMagic = 0,
+  kLRFlags = 4,
+  kLRLength = 8,  // of the whole record, checksum included; a multiple of 8
+  kLRGeneration = 16,
+  kLRCommitTime = 24,
+  kLRCount = 32,
+};
+constexpr uint32_t kLogEntryFixed = 16;  // type, zero, key_len (u16), zero (u32), value_len
+constexpr uint8_t kLogDeleted = 0;       // entry type: the key was removed
 
 constexpr uint64_t Align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
 constexpr uint64_t Align64(uint64_t x) { return (x + 63) & ~uint64_t{63}; }

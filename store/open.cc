@@ -68,14 +68,7 @@ Status VerifyStore(const std::string& path, std::vector<std::string>* report) {
   auto kind = DetectEngine(path);
   if (!kind.ok()) return kind.status();
   if (*kind == EngineKind::kDets) return VerifyDetsStore(path, report);
-  auto t = SnapshotTable::Open(path);
-  if (!t.ok()) return t.status();
-  if (report) {
-    report->push_back("engine: snapshot, format version " + std::to_string((*t)->format_version()) +
-                      ", generation " + std::to_string((*t)->generation()));
-    report->push_back("header: ok, " + std::to_string((*t)->file_size()) + " bytes");
-  }
-  return (*t)->VerifyAll(report);
+  return VerifySnapshotStore(path, report);
 }
 
 }  // namespace keyfs

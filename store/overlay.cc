@@ -237,18 +237,12 @@ Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int
   return TouchDir(tree, to_parent, to_parent_delta, version, now_ns);
 }
 
-Overlay::Overlay(const SnapshotTable* base, uint64_t generation, int64_t now_ns)
+Overlay::Overlay(const SnapshotView* base, uint64_t generation, int64_t now_ns)
     : base_(base), generation_(generation), now_ns_(now_ns) {}
 
 Status Overlay::Lookup(std::string_view key, Value* out) const {
   if (key.empty()) {
-    if (root_) {
-      *out = *root_;
-      return Status::OK();
-    }
-    auto root = base_->RootMeta();
-    if (!root.ok()) return root.status();
-    *out = Value{*root, base_->root_version(), {}};
+    *out = root_ ? *root_ : Value{base_->root(), base_->root_version(), {}};
     return Status::OK();
   }
   auto it = changes_.find(key);
@@ -288,16 +282,16 @@ StatusOr<bool> Overlay::HasChildren(std::string_view dir) const {
        it != changes_.end() && StartsWith(it->first, prefix); ++it) {
     if (it->second) return true;
   }
-  auto pos = base_->LowerBound(prefix);
-  if (!pos.ok()) return pos.status();
-  EntryRef e;
-  for (uint64_t i = *pos; i < base_->entry_count(); ++i) {
-    KEYFS_RETURN_IF_ERROR(base_->At(i, &e));
-    if (!StartsWith(e.key, prefix)) break;
-    auto it = changes_.find(e.key);
-    if (it == changes_.end() || it->second) return true;
-  }
-  return false;
+  bool found = false;
+  std::string key;
+  Status s = base_->ListChildren(dir, "", [&](const DirEntry& e) {
+    key.assign(prefix).append(e.name);
+    auto it = changes_.find(key);
+    found = it == changes_.end() || it->second.has_value();
+    return !found;
+  });
+  if (!s.ok()) return s;
+  return found;
 }
 
 Status Overlay::CollectSubtree(std::string_view key,
@@ -308,31 +302,24 @@ Status Overlay::CollectSubtree(std::string_view key,
   if (root.meta.type != EntryType::kDir) return Status::OK();
   const std::string prefix = ChildPrefix(key);
   // Merge the base's keys below `key` with the overlay's, the overlay winning.
-  auto pos = base_->LowerBound(prefix);
-  if (!pos.ok()) return pos.status();
-  uint64_t i = *pos;
+  std::vector<std::pair<std::string, Value>> below;
+  KEYFS_RETURN_IF_ERROR(base_->Scan(prefix, [&](const EntryRef& e) {
+    if (!StartsWith(e.key, prefix)) return false;
+    below.emplace_back(std::string(e.key), Value{e.meta, e.version, e.value});
+    return true;
+  }));
   auto it = changes_.lower_bound(prefix);
-  EntryRef e;
-  bool have_base = false;
+  size_t i = 0;
   while (true) {
-    if (!have_base && i < base_->entry_count()) {
-      KEYFS_RETURN_IF_ERROR(base_->At(i, &e));
-      have_base = StartsWith(e.key, prefix);
-      if (!have_base) i = base_->entry_count();
-    }
-    bool have_ov = it != changes_.end() && StartsWith(it->first, prefix);
+    const bool have_base = i < below.size();
+    const bool have_ov = it != changes_.end() && StartsWith(it->first, prefix);
     if (!have_base && !have_ov) break;
-    if (have_ov && (!have_base || it->first <= e.key)) {
-      if (have_base && it->first == e.key) {
-        ++i;
-        have_base = false;
-      }
+    if (have_ov && (!have_base || it->first <= below[i].first)) {
+      if (have_base && it->first == below[i].first) ++i;
       if (it->second) out->emplace_back(it->first, *it->second);
       ++it;
     } else {
-      out->emplace_back(std::string(e.key), Value{e.meta, e.version, e.value});
-      ++i;
-      have_base = false;
+      out->push_back(std::move(below[i++]));
     }
   }
   return Status::OK();
@@ -366,32 +353,32 @@ Status Overlay::Apply(const Batch& batch) {
 
 Status Overlay::ForEachMerged(
     const std::function<Status(std::string_view key, const Value& v)>& fn) const {
-  uint64_t i = 0;
-  const uint64_t n = base_->entry_count();
   auto it = changes_.begin();
-  EntryRef e;
-  bool have_base = false;
-  while (true) {
-    if (!have_base && i < n) {
-      KEYFS_RETURN_IF_ERROR(base_->At(i, &e));
-      have_base = true;
+  Status failed;
+  // Emits the overlay's live changes that sort before `key` (all of them for null).
+  auto emit_before = [&](const std::string_view* key) {
+    for (; failed.ok() && it != changes_.end() && (key == nullptr || it->first < *key); ++it) {
+      if (it->second) failed = fn(it->first, *it->second);
     }
-    const bool have_ov = it != changes_.end();
-    if (!have_base && !have_ov) break;
-    if (have_ov && (!have_base || it->first <= e.key)) {
-      if (have_base && it->first == e.key) {
-        ++i;
-        have_base = false;
-      }
-      if (it->second) KEYFS_RETURN_IF_ERROR(fn(it->first, *it->second));
+  };
+  KEYFS_RETURN_IF_ERROR(base_->Scan("", [&](const EntryRef& e) {
+    emit_before(&e.key);
+    if (!failed.ok()) return false;
+    if (it != changes_.end() && it->first == e.key) {
+      if (it->second) failed = fn(it->first, *it->second);
       ++it;
     } else {
-      KEYFS_RETURN_IF_ERROR(fn(e.key, Value{e.meta, e.version, e.value}));
-      ++i;
-      have_base = false;
+      failed = fn(e.key, Value{e.meta, e.version, e.value});
     }
-  }
-  return Status::OK();
+    return failed.ok();
+  }));
+  emit_before(nullptr);
+  return failed;
+}
+
+void Overlay::ForEachChange(
+    const std::function<void(std::string_view key, const std::optional<Value>& v)>& fn) const {
+  for (const auto& [k, v] : changes_) fn(k, v);
 }
 
 StatusOr<Overlay::Value> Overlay::Root() const {

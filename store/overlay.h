@@ -19,6 +19,7 @@
 
 #include "keyfs/store/engine.h"
 #include "keyfs/store/snapshot.h"
+#include "snapshot/view.h"
 
 namespace keyfs {
 
@@ -58,7 +59,7 @@ class MutableTree {
 // the whole batch back.
 Status ApplyMutation(MutableTree& tree, const Mutation& m, uint64_t version, int64_t now_ns);
 
-// Not thread-safe: owned by the committer. Values are views: into the base table (pinned
+// Not thread-safe: owned by the committer. Values are views: into the base view (pinned
 // by the caller for the overlay's lifetime) or into the batches (alive until the commit
 // has been answered).
 class Overlay final : public MutableTree {
@@ -67,7 +68,7 @@ class Overlay final : public MutableTree {
 
   // `base` must outlive the overlay. Entries written get version `generation` and, where
   // the batch leaves them 0, times `now_ns`.
-  Overlay(const SnapshotTable* base, uint64_t generation, int64_t now_ns);
+  Overlay(const SnapshotView* base, uint64_t generation, int64_t now_ns);
 
   // Applies every mutation of `batch` or none: on failure the overlay is as before the call
   // and the Status names the failing key.
@@ -78,6 +79,13 @@ class Overlay final : public MutableTree {
   Status ForEachMerged(const std::function<Status(std::string_view key, const Value& v)>& fn) const;
 
   bool empty() const { return changes_.empty() && !root_; }
+  // Number of keys changed (the root not counted).
+  size_t size() const { return changes_.size(); }
+  // Calls fn for each changed key in key order: its new state, or nullopt if removed.
+  void ForEachChange(
+      const std::function<void(std::string_view key, const std::optional<Value>& v)>& fn) const;
+  // Whether the applied batches changed the root's metadata.
+  bool root_changed() const { return root_.has_value(); }
   // The root directory's state after the applied batches.
   StatusOr<Value> Root() const;
   // Keys whose state differs from the base (added, removed or modified), sorted; "" first
@@ -94,7 +102,7 @@ class Overlay final : public MutableTree {
  private:
   using Slot = std::optional<Value>;  // nullopt: deleted
 
-  const SnapshotTable* base_;
+  const SnapshotView* base_;
   uint64_t generation_;
   int64_t now_ns_;
   std::map<std::string, Slot, std::less<>> changes_;

@@ -390,9 +390,8 @@ bool SnapshotTable::BloomMayContain(uint64_t h) const {
 
 // Inlined into Find and FindRaw: a call more would show on the ~13 ns of a hit.
 template <bool kRaw>
-[[gnu::always_inline]] inline Status SnapshotTable::FindImpl(std::string_view key,
+[[gnu::always_inline]] inline Status SnapshotTable::FindImpl(std::string_view key, uint64_t h,
                                                              EntryRef* out) const {
-  const uint64_t h = HashKey(key);
   const bool verified = all_verified_.load(std::memory_order_relaxed);
   if (use_bloom_) {
     // A miss usually ends here without touching the hash index.
@@ -466,11 +465,15 @@ template <bool kRaw>
 }
 
 Status SnapshotTable::Find(std::string_view key, EntryRef* out) const {
-  return FindImpl<false>(key, out);
+  return FindImpl<false>(key, HashKey(key), out);
+}
+
+Status SnapshotTable::FindHashed(std::string_view key, uint64_t hash, EntryRef* out) const {
+  return FindImpl<false>(key, hash, out);
 }
 
 Status SnapshotTable::FindRaw(std::string_view key, EntryRef* out) const {
-  return FindImpl<true>(key, out);
+  return FindImpl<true>(key, HashKey(key), out);
 }
 
 Status SnapshotTable::AtRaw(uint64_t i, EntryRef* out) const {

@@ -14,14 +14,18 @@
 namespace keyfs {
 
 StatusOr<std::unique_ptr<StoreWatcher>> StoreWatcher::Start(
-    const std::string& path, std::function<void(bool changed)> on_wake) {
+    const std::string& path, std::function<void(bool changed)> on_wake,
+    std::vector<std::string> also) {
   std::unique_ptr<StoreWatcher> w(new StoreWatcher());
   w->name_ = FileName(path);
   const std::string dir = DirName(path);
   w->on_wake_ = std::move(on_wake);
+  w->also_ = std::move(also);
+  uint32_t mask = IN_MOVED_TO | IN_CLOSE_WRITE;
+  if (!w->also_.empty()) mask |= IN_MODIFY | IN_CREATE | IN_DELETE;
   w->inotify_fd_ = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
   if (w->inotify_fd_ < 0) return Status::FromErrno(errno, "inotify_init1");
-  if (::inotify_add_watch(w->inotify_fd_, dir.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+  if (::inotify_add_watch(w->inotify_fd_, dir.c_str(), mask) < 0) {
     return Status::FromErrno(errno, "inotify_add_watch " + dir);
   }
   w->stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
@@ -54,7 +58,10 @@ void StoreWatcher::Loop() {
       while ((n = ::read(inotify_fd_, buf, sizeof(buf))) > 0) {
         for (char* p = buf; p < buf + n;) {
           auto* ev = reinterpret_cast<inotify_event*>(p);
-          if (ev->len > 0 && name_ == ev->name) changed = true;
+          if (ev->len > 0) {
+            if (name_ == ev->name) changed = true;
+            for (const std::string& a : also_) changed = changed || a == ev->name;
+          }
           p += sizeof(inotify_event) + ev->len;
         }
       }

@@ -736,7 +736,7 @@ TEST(FormatV1Snapshot, CommitOnAVersion1TableCountsItsDirectories) {
   WriteAll(tmp, old);
   ASSERT_EQ(::rename(tmp.c_str(), path.c_str()), 0);
   ASSERT_OK((*e)->Commit(Batch().Mkdir("data/sub")));
-  EXPECT_EQ((*e)->Stats().format_version, 2u);
+  EXPECT_EQ((*e)->Stats().format_version, format::kSnapVersion);
   EXPECT_EQ((*e)->Stats().generation, format::Load64(h + format::kHGeneration) + 1);
   auto data = (*e)->Get("data");
   ASSERT_OK(data.status());

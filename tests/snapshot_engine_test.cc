@@ -22,10 +22,13 @@ using Code = Status::Code;
 class SnapshotEngineTest : public ::testing::Test {
  protected:
   void SetUp() override { Reopen(); }
-  void Reopen() {
+  // merge_threshold 1: every commit writes a whole table (the path of bulk loads and
+  // merges), instead of appending to the commit log.
+  void Reopen(uint64_t merge_threshold = 0) {
     engine_.reset();
     OpenOptions o;
     o.create = true;
+    o.merge_threshold = merge_threshold;
     auto e = OpenStore(path_, o);
     ASSERT_TRUE(e.ok()) << e.status().ToString();
     engine_ = std::move(*e);
@@ -289,11 +292,16 @@ TEST_F(SnapshotEngineTest, ReadersDuringCommitsSeeWholeValues) {
       }
     });
   }
-  // A reader holding an old table keeps reading it while newer ones are published.
+  // A reader holding an old table keeps reading it while newer ones are published (by the
+  // merges of the commit log below).
   auto* snap = dynamic_cast<SnapshotEngine*>(engine_.get());
   ASSERT_NE(snap, nullptr);
+  ASSERT_OK(snap->Merge());
   TableRef held = snap->Current();
-  for (int i = 1; i <= 300; ++i) ASSERT_OK(Put("k", SelfCheckingValue(i)));
+  for (int i = 1; i <= 300; ++i) {
+    ASSERT_OK(Put("k", SelfCheckingValue(i)));
+    if (i % 100 == 0) ASSERT_OK(snap->Merge());
+  }
   stop = true;
   for (auto& t : readers) t.join();
   EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
@@ -335,6 +343,7 @@ TEST_F(SnapshotEngineTest, StaleTempFilesRemovedOnOpen) {
 // Commits recycle retired files (STORE.old-*) instead of freeing them: the directory
 // stays bounded however many commits run.
 TEST_F(SnapshotEngineTest, RetiredFilesAreRecycledNotAccumulated) {
+  Reopen(/*merge_threshold=*/1);
   for (int i = 0; i < 200; ++i) ASSERT_OK(Put("k" + std::to_string(i % 7), std::to_string(i)));
   size_t files = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
@@ -357,6 +366,7 @@ TEST_F(SnapshotEngineTest, RetiredFilesAreRecycledNotAccumulated) {
 // A table mapped by another process is never recycled under it: that process keeps
 // reading its own version, whole, across many commits.
 TEST_F(SnapshotEngineTest, TableMappedByAnotherProcessIsNeverRewritten) {
+  Reopen(/*merge_threshold=*/1);
   ASSERT_OK(Put("k", "original value of generation two"));
   int to_child[2], to_parent[2];
   ASSERT_EQ(pipe(to_child), 0);

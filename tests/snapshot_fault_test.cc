@@ -86,6 +86,15 @@ class FaultEnv final : public Env {
     return base_->SyncDir(dir);
   }
   Status RemoveFile(const std::string& path) override { return base_->RemoveFile(path); }
+  // Reopening a file to write into it (what the snapshot engine's commit log needs) only
+  // after AllowRewrite(): without it the engine writes a whole table per commit.
+  void AllowRewrite() { rewrite_ = true; }
+  StatusOr<std::unique_ptr<WritableFile>> ReopenForRewrite(const std::string& path) override {
+    if (!rewrite_) return Status::NotSupported("rewrite in place");
+    auto f = base_->ReopenForRewrite(path);
+    if (!f.ok()) return f.status();
+    return std::unique_ptr<WritableFile>(new File(this, std::move(*f), path));
+  }
 
  private:
   struct Fault {
@@ -106,10 +115,13 @@ class FaultEnv final : public Env {
       return base_->Append(data);
     }
     Status WriteAt(uint64_t offset, std::string_view data) override {
-      if (int err = env_->Next(kWriteAt))
+      if (int err = env_->Next(kWriteAt)) {
+        (void)base_->WriteAt(offset, data.substr(0, data.size() / 2));  // a short write
         return Status::FromErrno(err, "injected: pwrite " + path_);
+      }
       return base_->WriteAt(offset, data);
     }
+    Status Truncate(uint64_t size) override { return base_->Truncate(size); }
     Status Sync() override {
       if (int err = env_->Next(kSync)) return Status::FromErrno(err, "injected: fsync " + path_);
       return base_->Sync();
@@ -124,6 +136,7 @@ class FaultEnv final : public Env {
   };
 
   Env* const base_ = Env::Default();
+  std::atomic<bool> rewrite_{false};
   mutable std::mutex mu_;
   std::array<Fault, kOpCount> faults_{};
   std::array<int, kOpCount> calls_{};
@@ -206,6 +219,7 @@ class SnapshotFaultStore : public testing::Test {
     path_ = dir_.Join("STORE");
     OpenOptions o;
     o.create = true;
+    o.merge_threshold = 1;  // every commit writes a whole table: STORE holds everything
     auto eng = OpenStore(path_, o);
     ASSERT_OK(eng.status());
     // Three 1 MiB values make the table ~3 MiB: the builder appends it in several writes,
@@ -219,9 +233,11 @@ class SnapshotFaultStore : public testing::Test {
     ASSERT_OK((*eng)->Commit(b));
   }
 
+  // The whole-table commit path (the commit log's faults: snapshot_log_fault_test.cc).
   OpenOptions WithFaults() {
     OpenOptions o;
     o.env = &env_;
+    o.merge_threshold = 1;
     return o;
   }
 
@@ -326,6 +342,84 @@ INSTANTIATE_TEST_SUITE_P(
         FaultCase{"RenameEIO", FaultEnv::kRename, 1, EIO, Status::Code::kIOError},
         FaultCase{"RenameNoSpace", FaultEnv::kRename, 1, ENOSPC, Status::Code::kNoSpace}),
     [](const testing::TestParamInfo<FaultCase>& info) { return std::string(info.param.name); });
+
+// The commit log's path (FORMAT.md 2.10): a fault while creating the log, writing a record
+// or fdatasyncing it fails the commit with the error and leaves STORE, STORE.log (its bytes:
+// a written record is cut off again), the served state and the directory as they were; the
+// next commit works, and a fresh open sees what was served.
+class SnapshotLogFault : public SnapshotFaultStore, public testing::WithParamInterface<FaultCase> {
+ protected:
+  // "Record*" cases fail an append to an existing log; the others the log's creation.
+  bool log_exists() const { return std::string(GetParam().name).rfind("Record", 0) == 0; }
+};
+
+TEST_P(SnapshotLogFault, FailedAppendLeavesNoTrace) {
+  const FaultCase& c = GetParam();
+  env_.AllowRewrite();
+  OpenOptions o = WithFaults();
+  o.merge_threshold = 0;  // the commit log
+  auto eng = OpenStore(path_, o);
+  ASSERT_OK(eng.status());
+  Engine& e = **eng;
+  const std::string log = path_ + ".log";
+  if (log_exists()) {
+    ASSERT_OK(e.Commit(Batch().Put("a/warm", "w")));
+    ASSERT_EQ(::access(log.c_str(), F_OK), 0) << "the commit did not go to the log";
+  }
+  std::vector<ChangeEvent> events;
+  std::mutex events_mu;
+  e.SetChangeListener([&](const ChangeEvent& ev) {
+    std::lock_guard<std::mutex> l(events_mu);
+    events.push_back(ev);
+  });
+  const std::string store_bytes = ReadAll(path_), log_bytes = ReadAll(log);
+  const auto before = Snapshot(e);
+  const auto names = DirNames(dir_.path());
+  const uint64_t gen = e.Stats().generation;
+
+  env_.Arm(c.op, c.nth, c.err);
+  Status s = e.Commit(Batch().Put("a/1", "new-1").Put("a/new", "x").Delete("a/2"));
+  EXPECT_EQ(env_.injected(c.op), 1) << "the fault did not fire: the test is not testing anything";
+  EXPECT_EQ(s.code(), c.want) << s.ToString();
+  EXPECT_TRUE(ReadAll(path_) == store_bytes) << "STORE changed on disk";
+  EXPECT_TRUE(ReadAll(log) == log_bytes) << "STORE.log changed on disk";
+  EXPECT_EQ(Snapshot(e), before) << "the served state changed";
+  EXPECT_EQ(e.Stats().generation, gen);
+  EXPECT_EQ(DirNames(dir_.path()), names) << "a temp file was left behind";
+  {
+    std::lock_guard<std::mutex> l(events_mu);
+    EXPECT_TRUE(events.empty()) << "a change was reported for a failed commit";
+  }
+  {
+    auto other = OpenStore(path_, OpenOptions{.read_only = true});
+    ASSERT_OK(other.status());
+    EXPECT_EQ(Snapshot(**other), before) << "another process sees the failed commit";
+  }
+
+  ASSERT_OK(e.Commit(Batch().Put("a/3", "after")));
+  auto after = before;
+  after["a/3"] = "after";
+  EXPECT_EQ(Snapshot(e), after);
+  EXPECT_EQ(e.Stats().generation, gen + 1);
+  EXPECT_OK(VerifyStore(path_));
+  eng->reset();
+  auto fresh = OpenStore(path_, OpenOptions{});
+  ASSERT_OK(fresh.status());
+  EXPECT_EQ(Snapshot(**fresh), after) << "the state on disk differs from the one served";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Faults, SnapshotLogFault,
+    testing::Values(
+        FaultCase{"CreateTempNoSpace", FaultEnv::kCreate, 1, ENOSPC, Status::Code::kNoSpace},
+        FaultCase{"HeaderAppendEIO", FaultEnv::kAppend, 1, EIO, Status::Code::kIOError},
+        FaultCase{"CreateSyncEIO", FaultEnv::kSync, 1, EIO, Status::Code::kIOError},
+        FaultCase{"CreateRenameNoSpace", FaultEnv::kRename, 1, ENOSPC, Status::Code::kNoSpace},
+        FaultCase{"RecordWriteNoSpace", FaultEnv::kWriteAt, 1, ENOSPC, Status::Code::kNoSpace},
+        FaultCase{"RecordWriteEIO", FaultEnv::kWriteAt, 1, EIO, Status::Code::kIOError},
+        FaultCase{"RecordSyncEIO", FaultEnv::kSync, 1, EIO, Status::Code::kIOError},
+        FaultCase{"RecordSyncNoSpace", FaultEnv::kSync, 1, ENOSPC, Status::Code::kNoSpace}),
+    [](const testing::TestParamInfo<FaultCase>& i) { return std::string(i.param.name); });
 
 // The table the builder writes for the fixture is big enough for the mid-file cases.
 TEST_F(SnapshotFaultStore, TableNeedsSeveralAppends) {

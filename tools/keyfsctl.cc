@@ -26,6 +26,7 @@
 
 #include "error_text.h"
 #include "keyfs/store/engine.h"
+#include "keyfs/store/snapshot.h"
 #include "keyfs/store/status.h"
 #include "tree_export.h"
 #include "tree_import.h"
@@ -76,6 +77,9 @@ subcommands:
                         mode, owner, mtime and subdirectories as 'key: value' lines
   verify STORE          check every checksum and structure; print what was
                         checked and 'ok'; exit status 0 only if the store is sound
+  merge STORE           snapshot: fold the commit log (STORE.log) into the table
+                        now, so that STORE alone holds the store (keyfs does it
+                        in the background as the log grows); dets: sync
   bench [ARGS...]       run the benchmarks: keyfs_bench ARGS (installed with
                         keyfsctl)
 
@@ -451,6 +455,18 @@ int RunVerify(const Args& a) {
   return kExitOk;
 }
 
+// Folds a snapshot store's commit log into its table (so that STORE alone holds it);
+// makes a dets store's buffered writes durable.
+int RunMerge(const Args& a) {
+  const std::string& store = a.positional[0];
+  std::unique_ptr<Engine> engine = Open(store, /*read_only=*/false);
+  if (!engine) return kExitFailure;
+  auto* snapshot = dynamic_cast<SnapshotEngine*>(engine.get());
+  Status s = snapshot != nullptr ? snapshot->Merge() : engine->Sync();
+  if (!s.ok()) return Fail(StoreErrorText(store, s));
+  return kExitOk;
+}
+
 // Replaces this process with keyfs_bench, passing `argv` on; returns only on failure.
 // keyfs_bench is looked for beside keyfsctl, then where the install tree (libexec) and the
 // build tree (bench/) put it, both relative to keyfsctl's own executable.
@@ -491,6 +507,7 @@ constexpr Command kCommands[] = {
     {"export", "STORE DIR", 2, 2, false, RunExport},
     {"info", "STORE", 1, 1, false, RunInfo},
     {"verify", "STORE", 1, 1, false, RunVerify},
+    {"merge", "STORE", 1, 1, false, RunMerge},
 };
 
 int PrintHelp() {

@@ -147,6 +147,13 @@ struct EngineStats {
   int64_t last_sync_duration_ns = 0;
   // Expected fraction of lookups of absent keys that the bloom filter lets through.
   double bloom_fp_estimate = 0;
+  // snapshot: keys the commit log holds states of beyond the base table, and merges of it
+  // into a new base done by this engine object.
+  uint64_t delta_keys = 0;
+  uint64_t merges = 0, merge_errors = 0;
+  // Bytes this engine object wrote to store files (tables, log records, merged files), and
+  // bytes of keys and values its commits changed: their ratio is the write amplification.
+  uint64_t bytes_written = 0, bytes_committed = 0;
   std::vector<std::pair<std::string, std::string>> extra;  // engine-specific, for `info`
 };
 
@@ -224,6 +231,10 @@ struct OpenOptions {
   // dets: the write buffer's memory limit in bytes (0 = 512 MiB). Passing it starts a sync;
   // writers wait while the buffer is over it and a sync is still running.
   uint64_t buffer_limit_bytes = 0;
+  // snapshot: the number of keys in the commit log that starts a background merge into a
+  // new base table (0 = the larger of 16,384 and an eighth of the base's entries). A
+  // commit that changes this many keys writes a whole table at once.
+  uint64_t merge_threshold = 0;
 };
 
 // Opens (or with options.create, creates) the store at `path`.

@@ -45,6 +45,8 @@ class SnapshotTable {
   // touched is damaged. (A version-1 table stores no atime, which reads as the mtime, and
   // no count of child directories, which a directory's lookup then counts: O(children).)
   Status Find(std::string_view key, EntryRef* out) const;
+  // Find, given the key's hash (format::HashKey) already computed.
+  Status FindHashed(std::string_view key, uint64_t hash, EntryRef* out) const;
 
   // Number of entries and the entry at sorted position i (0 <= i < entry_count()).
   uint64_t entry_count() const { return entry_count_; }
@@ -91,7 +93,7 @@ class SnapshotTable {
   Status VerifyChunk(uint64_t chunk) const;
   bool BloomMayContain(uint64_t h) const;
   template <bool kRaw>
-  Status FindImpl(std::string_view key, EntryRef* out) const;
+  Status FindImpl(std::string_view key, uint64_t hash, EntryRef* out) const;
   // Find and At as stored: a version-1 directory's subdirs is 0.
   Status FindRaw(std::string_view key, EntryRef* out) const;
   Status AtRaw(uint64_t i, EntryRef* out) const;
@@ -149,7 +151,15 @@ class SnapshotEngine : public Engine {
  public:
   // The table being served; stays valid while held. Never null. Lock-free (one atomic
   // shared_ptr load), never waits for a commit.
+  // The base table of the version being served: the whole store only when no commit is
+  // pending in the commit log (after Merge(), say).
   virtual TableRef Current() const = 0;
+  // Folds the commit log into a new base table now (a background merge does it on its own
+  // once the log holds merge_threshold keys) and returns once it is done. ReadOnly for a
+  // store opened read-only.
+  virtual Status Merge() = 0;
+  // Returns once no merge is wanted or running: the last merge's Status.
+  virtual Status WaitForMerges() = 0;
 };
 
 }  // namespace keyfs
