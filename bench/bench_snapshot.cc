@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <latch>
 #include <memory>
 #include <mutex>
@@ -56,11 +57,14 @@ struct Sizes {
   int mid_latency_rounds;  // commits (and reference writes) timed on the mid store
   int big_latency_rounds;
   int open_rounds;
+  size_t huge_keys;      // 0: no 10M-key store
+  size_t import_files;   // files in the tree keyfsctl import is timed on
+  double merge_seconds;  // the sustained load that the merges are measured under
 };
 
 Sizes SizesFor(bool quick) {
-  if (quick) return {1000, 100'000, 0, 100, 3, 3, 0.1, 0, 5, 5};
-  return {1000, 1'000'000, 100'000, 1000, 11, 15, 0.25, 21, 11, 11};
+  if (quick) return {1000, 100'000, 0, 100, 3, 3, 0.1, 0, 50, 5, 0, 2000, 1.0};
+  return {1000, 1'000'000, 100'000, 1000, 11, 15, 0.25, 21, 1001, 11, 10'000'000, 100'000, 8.0};
 }
 
 // splitmix64: fast, seeded, the same keys on every run.
@@ -626,13 +630,25 @@ Status MeasureCommitThroughput(Engine& engine, const Workload& w, const TempDir&
 }
 
 // Latency of one-key commits into `engine`'s store, alternating with the raw durable write
-// of a file of its size.
+// of a file of its size (at most 11 rounds: each costs a store-sized write). With `samples`,
+// first `rounds` commits back to back, whose latencies it receives.
 Status MeasureCommitLatency(Engine& engine, const std::vector<std::string>& keys,
-                            const TempDir& dir, int rounds, Report* report) {
+                            const TempDir& dir, int rounds, Report* report,
+                            std::vector<double>* samples = nullptr) {
   DurableWriteReference reference(dir, engine.Stats().file_bytes);
   Rng rng(0xbeef + keys.size());
+  if (samples != nullptr) {
+    // Back to back, before any store-sized reference write: its writeback and the freeing
+    // of its blocks would slow the commits that follow by what the store's size costs.
+    samples->clear();
+    for (int r = 0; r < rounds; ++r) {
+      double ms = 0;
+      KEYFS_RETURN_IF_ERROR(CommitOne(engine, keys, rng, &ms));
+      samples->push_back(ms);
+    }
+  }
   std::vector<double> keyfs_ms, raw_ms;
-  for (int r = 0; r < rounds; ++r) {
+  for (int r = 0; r < std::min(rounds, 11); ++r) {
     for (int i = 0; i < 2; ++i) {
       double ms = 0;
       if ((i + r) % 2 == 0) {
@@ -645,6 +661,325 @@ Status MeasureCommitLatency(Engine& engine, const std::vector<std::string>& keys
     }
   }
   AddLatencyFigures(CountLabel(keys.size()), keyfs_ms, raw_ms, report);
+  return Status::OK();
+}
+
+// ---- engines at scale: the commit log, its merges, bulk loads ----
+
+// A 1-key commit's latency into a big store against the same into the small one: a commit
+// should cost what it changes, not what the store holds.
+void AddScalingFigures(const std::string& label, const std::vector<double>& big_ms,
+                       const std::string& small_label, const std::vector<double>& small_ms,
+                       Report* report) {
+  for (double p : {50.0, 99.0}) {
+    Figure f;
+    f.metric = std::string("commit ") + (p == 50 ? "p50" : "p99") + ", 1 key into " + label +
+               " keys vs into " + small_label;
+    f.keyfs = p == 50 ? Median(big_ms) : Percentile(big_ms, p);
+    f.unit = Unit::kMillis;
+    f.reference = p == 50 ? Median(small_ms) : Percentile(small_ms, p);
+    f.reference_name = "same into " + small_label + " keys";
+    f.ratio = f.keyfs / f.reference;
+    f.target = p == 50 ? "<= 2.00x" : "<= 3.00x";
+    f.met = f.ratio <= (p == 50 ? 2.0 : 3.0);
+    f.samples = static_cast<int>(big_ms.size());
+    report->AddFigure(std::move(f));
+  }
+}
+
+[[gnu::noinline]] uint64_t MissInEngine(const Engine& engine, const std::vector<std::string>& keys,
+                                        LookupCount* count) {
+  uint64_t sink = 0;
+  for (const std::string& key : keys) {
+    StatusOr<Record> r = engine.Get(key);
+    if (r.ok()) {
+      ++count->found;
+    } else if (!r.status().IsNotFound()) {
+      ++count->errors;
+    }
+    sink += r.ok();
+  }
+  KeepAlive(sink);
+  return keys.size();
+}
+
+// Engine::Get hits and misses on the big store with a commit log of 10k keys pending,
+// against the same on the merged store, in interleaved rounds.
+Status MeasureDeltaLookups(const std::string& big_path, const Workload& big, const TempDir& dir,
+                           int rounds, Report* report) {
+  const std::string delta_path = dir.File("delta.keyfs");
+  std::error_code ec;
+  std::filesystem::copy_file(big_path, delta_path, ec);
+  if (ec) return Status::IOError("copy " + big_path + ": " + ec.message());
+  StatusOr<std::unique_ptr<Engine>> merged = ReopenStore(big_path);
+  KEYFS_RETURN_IF_ERROR(merged.status());
+  OpenOptions o;
+  o.merge_threshold = uint64_t{1} << 40;  // keep the log
+  StatusOr<std::unique_ptr<Engine>> delta = OpenStore(delta_path, o);
+  KEYFS_RETURN_IF_ERROR(delta.status());
+  constexpr size_t kDelta = 10'000;
+  Rng rng(0xde17a);
+  for (size_t i = 0; i < kDelta; i += 100) {
+    Batch b;
+    for (size_t j = i; j < i + 100 && j < big.keys.size(); ++j) {
+      b.Put(big.keys[j * 7 % big.keys.size()], RandomValue(rng));
+    }
+    KEYFS_RETURN_IF_ERROR((*delta)->Commit(b));
+  }
+  const uint64_t pending = (*delta)->Stats().delta_keys;
+  report->AddNote("delta lookups: the " + CountLabel(big.keys.size()) + "-key store with " +
+                  std::to_string(pending) +
+                  " keys in its commit log (100 commits of 100 overwrites), against a merged "
+                  "copy; Engine::Get both");
+  const int passes = 1;
+  for (int kind = 0; kind < 2; ++kind) {
+    const bool hits = kind == 0;
+    const std::vector<std::string>& keys = hits ? big.hits : big.misses;
+    LookupCount counts[2];
+    const std::vector<Contender> contenders = {
+        {"with delta", [&] { return MissInEngine(**delta, keys, &counts[0]); }},
+        {"merged", [&] { return MissInEngine(**merged, keys, &counts[1]); }},
+    };
+    const std::vector<std::vector<double>> ns = MeasureInterleaved(contenders, rounds);
+    for (const LookupCount& c : counts) {
+      if (c.errors != 0 || c.found != (hits ? (rounds + 1) * keys.size() * passes : 0)) {
+        return Status::Corruption("delta lookups: found " + std::to_string(c.found) + ", " +
+                                  std::to_string(c.errors) + " errors");
+      }
+    }
+    Figure f;
+    f.metric = std::string("engine get ") + (hits ? "hit" : "miss") + ", " +
+               CountLabel(big.keys.size()) + " keys, 10k-key log pending";
+    f.keyfs = Median(ns[0]);
+    f.unit = Unit::kNanos;
+    f.reference = Median(ns[1]);
+    f.reference_name = "merged store";
+    f.ratio = PairedRatio(ns[0], ns[1]);
+    f.target = "<= 1.15x";
+    f.met = f.ratio <= 1.15;
+    f.samples = rounds;
+    report->AddFigure(std::move(f));
+  }
+  return Status::OK();
+}
+
+// A sustained load of one writer (10-key batches) with one reader on a copy of the big
+// store, once with merges (threshold `threshold` keys) and once with merges held off: the
+// write amplification, and the p99 of commits and of reads with merges against without.
+Status MeasureMerges(const std::string& big_path, const Workload& big, const TempDir& dir,
+                     double seconds, Report* report) {
+  struct Run {
+    std::vector<double> commit_ms, read_us;
+    EngineStats before, after;
+  };
+  const uint64_t threshold = std::max<uint64_t>(4096, big.keys.size() / 50);
+  auto run = [&](bool merges, Run* out) -> Status {
+    const std::string path = dir.File(merges ? "merging.keyfs" : "unmerged.keyfs");
+    std::error_code ec;
+    std::filesystem::copy_file(big_path, path, ec);
+    if (ec) return Status::IOError("copy " + big_path + ": " + ec.message());
+    OpenOptions o;
+    o.merge_threshold = merges ? threshold : uint64_t{1} << 40;
+    StatusOr<std::unique_ptr<Engine>> engine = OpenStore(path, o);
+    KEYFS_RETURN_IF_ERROR(engine.status());
+    out->before = (*engine)->Stats();
+    std::atomic<bool> stop{false};
+    std::thread reader([&] {
+      Rng rng(0x4ead);
+      while (!stop.load(std::memory_order_relaxed)) {
+        const std::string& key = big.keys[rng.Uniform(big.keys.size())];
+        const Clock::time_point start = Clock::now();
+        StatusOr<Record> r = (*engine)->Get(key);
+        out->read_us.push_back(Seconds(start) * 1e6);
+        KeepAlive(r.ok());
+      }
+    });
+    Rng rng(0x3e76e);
+    Status s;
+    const Clock::time_point start = Clock::now();
+    while (s.ok() && Seconds(start) < seconds) {
+      Batch b;
+      for (int i = 0; i < 10; ++i) b.Put(big.keys[rng.Uniform(big.keys.size())], RandomValue(rng));
+      const Clock::time_point c = Clock::now();
+      s = (*engine)->Commit(b);
+      out->commit_ms.push_back(Seconds(c) * 1e3);
+    }
+    stop = true;
+    reader.join();
+    KEYFS_RETURN_IF_ERROR(s);
+    out->after = (*engine)->Stats();
+    return Status::OK();
+  };
+  Run with, without;
+  KEYFS_RETURN_IF_ERROR(run(true, &with));
+  KEYFS_RETURN_IF_ERROR(run(false, &without));
+  const uint64_t merges = with.after.merges - with.before.merges;
+  const double written = static_cast<double>(with.after.bytes_written - with.before.bytes_written);
+  const double committed =
+      static_cast<double>(with.after.bytes_committed - with.before.bytes_committed);
+  const double log_only =
+      static_cast<double>(without.after.bytes_written - without.before.bytes_written) /
+      static_cast<double>(without.after.bytes_committed - without.before.bytes_committed);
+  report->AddNote("merges: " + Printf("%.0f s", seconds) +
+                  " of 1 writer (10-key batches) and 1 reader on the " +
+                  CountLabel(big.keys.size()) + "-key store, merge threshold " +
+                  std::to_string(threshold) + " keys: " + std::to_string(merges) + " merges, " +
+                  Megabytes(static_cast<uint64_t>(written)) + " written for " +
+                  Megabytes(static_cast<uint64_t>(committed)) +
+                  " of keys and values committed; the log alone writes " +
+                  Printf("%.1fx", log_only) + " (record headers, metadata, padding)");
+  {
+    Figure f;
+    f.metric =
+        "write amplification, 1 writer with merges, " + CountLabel(big.keys.size()) + " keys";
+    f.keyfs = written / committed;
+    f.unit = Unit::kBytes;
+    f.reference = log_only;
+    f.reference_name = "the log alone";
+    f.ratio = f.keyfs / log_only;
+    f.samples = static_cast<int>(merges);
+    report->AddFigure(std::move(f));
+  }
+  auto p99 = [&](const char* what, const std::vector<double>& a, const std::vector<double>& b,
+                 Unit unit) {
+    Figure f;
+    f.metric = std::string(what) + " p99 during merges, " + CountLabel(big.keys.size()) + " keys";
+    f.keyfs = Percentile(a, 99);
+    f.unit = unit;
+    f.reference = Percentile(b, 99);
+    f.reference_name = "no merge running";
+    f.ratio = f.keyfs / f.reference;
+    f.samples = static_cast<int>(a.size());
+    report->AddFigure(std::move(f));
+  };
+  p99("commit (10 keys)", with.commit_ms, without.commit_ms, Unit::kMillis);
+  p99("engine get", with.read_us, without.read_us, Unit::kMicros);
+  return Status::OK();
+}
+
+// Seconds to write `bytes` to a new file and fdatasync it: the floor of a bulk load.
+StatusOr<double> RawWriteSeconds(const TempDir& dir, uint64_t bytes) {
+  const std::string path = dir.File("raw-write.dat");
+  std::vector<double> s;
+  const std::string piece(1 << 20, 'r');
+  for (int r = 0; r < 3; ++r) {
+    const Clock::time_point start = Clock::now();
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return Status::FromErrno(errno, "create " + path);
+    for (uint64_t done = 0; done < bytes;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(piece.size(), bytes - done));
+      if (::write(fd, piece.data(), n) != static_cast<ssize_t>(n)) {
+        ::close(fd);
+        return Status::FromErrno(errno, "write " + path);
+      }
+      done += n;
+    }
+    if (::fdatasync(fd) != 0) {
+      ::close(fd);
+      return Status::FromErrno(errno, "fdatasync " + path);
+    }
+    ::close(fd);
+    s.push_back(Seconds(start));
+    ::unlink(path.c_str());
+  }
+  return Median(s);
+}
+
+void AddBulkFigure(const std::string& label, double seconds, double raw_seconds, uint64_t bytes,
+                   Report* report) {
+  Figure f;
+  f.metric = "bulk load: one batch of " + label + " puts, durable";
+  f.keyfs = seconds * 1e3;
+  f.unit = Unit::kMillis;
+  f.reference = raw_seconds * 1e3;
+  f.reference_name = "write+fdatasync " + Megabytes(bytes);
+  f.ratio = seconds / raw_seconds;
+  f.target = "<= 3.00x";
+  f.met = f.ratio <= 3.0;
+  f.samples = 1;
+  report->AddFigure(std::move(f));
+}
+
+// keyfsctl beside this program, or where the build tree puts it; empty if neither.
+std::string FindKeyfsctl() {
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return "";
+  const std::filesystem::path dir = std::filesystem::path(std::string(self, n)).parent_path();
+  for (const std::filesystem::path& p : {dir / "keyfsctl", dir / ".." / "tools" / "keyfsctl",
+                                         dir / ".." / ".." / "bin" / "keyfsctl"}) {
+    if (::access(p.c_str(), X_OK) == 0) return p.lexically_normal().string();
+  }
+  return "";
+}
+
+// Seconds `argv` takes to run to success.
+StatusOr<double> TimeCommand(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const Clock::time_point start = Clock::now();
+  pid_t pid = 0;
+  if (posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) {
+    return Status::IOError("cannot run " + argv[0]);
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return Status::IOError(argv[0] + " failed");
+  }
+  return Seconds(start);
+}
+
+// `keyfsctl import` of a tree of `files` small files against `cp -r` of it to the same disk,
+// then sync(1) for both (import is durable when it returns; cp is not until a sync).
+Status MeasureImport(const TempDir& dir, size_t files, Report* report) {
+  const std::string keyfsctl = FindKeyfsctl();
+  if (keyfsctl.empty()) {
+    report->AddNote("import: keyfsctl not found beside keyfs_bench; not measured");
+    return Status::OK();
+  }
+  const std::string tree = dir.File("tree");
+  Rng rng(0x1e9);
+  const size_t per_dir = 1000;
+  for (size_t i = 0; i < files; ++i) {
+    const std::string d = tree + "/d" + std::to_string(i / per_dir);
+    if (i % per_dir == 0) std::filesystem::create_directories(d);
+    const std::string f = d + "/f" + std::to_string(i % per_dir) + ".conf";
+    const int fd = ::open(f.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return Status::FromErrno(errno, "create " + f);
+    const std::string v = RandomValue(rng);
+    const bool ok = ::write(fd, v.data(), v.size()) == static_cast<ssize_t>(v.size());
+    ::close(fd);
+    if (!ok) return Status::IOError("write " + f);
+  }
+  ::sync();
+  std::vector<double> cp_s, import_s;
+  for (int r = 0; r < 3; ++r) {
+    const std::string copy = dir.File("tree-copy"), store = dir.File("import.keyfs");
+    std::filesystem::remove_all(copy);
+    std::filesystem::remove(store);
+    std::filesystem::remove(store + ".log");
+    ::sync();
+    StatusOr<double> cp = TimeCommand({"sh", "-c", "cp -r '" + tree + "' '" + copy + "' && sync"});
+    KEYFS_RETURN_IF_ERROR(cp.status());
+    KEYFS_RETURN_IF_ERROR(TimeCommand({keyfsctl, "create", store}).status());
+    ::sync();
+    StatusOr<double> imp = TimeCommand({keyfsctl, "import", store, tree});
+    KEYFS_RETURN_IF_ERROR(imp.status());
+    cp_s.push_back(*cp);
+    import_s.push_back(*imp);
+  }
+  Figure f;
+  f.metric = "keyfsctl import of " + CountLabel(files) + " files (durable)";
+  f.keyfs = Median(import_s) * 1e3;
+  f.unit = Unit::kMillis;
+  f.reference = Median(cp_s) * 1e3;
+  f.reference_name = "cp -r + sync";
+  f.ratio = PairedRatio(import_s, cp_s);
+  f.target = "<= 3.00x";
+  f.met = f.ratio <= 3.0;
+  f.samples = 3;
+  report->AddFigure(std::move(f));
   return Status::OK();
 }
 
@@ -791,7 +1126,12 @@ Status Run(const SnapshotBenchOptions& options, Report* report) {
                                          big.hits, true, 1, sizes.lookup_rounds, 0.75, report));
     KEYFS_RETURN_IF_ERROR(MeasureLookups("find miss, " + big_label + " keys", **table, maps,
                                          big.misses, false, 1, sizes.lookup_rounds, 0.15, report));
+    StatusOr<double> raw = RawWriteSeconds(dir, stats.file_bytes);
+    KEYFS_RETURN_IF_ERROR(raw.status());
+    AddBulkFigure(big_label, build_seconds, *raw, stats.file_bytes, report);
   }
+  Progress("lookups with a pending commit log in the " + big_label + "-key store");
+  KEYFS_RETURN_IF_ERROR(MeasureDeltaLookups(big_path, big, dir, sizes.lookup_rounds, report));
   big.hits = {};
   big.misses = {};
 
@@ -804,6 +1144,7 @@ Status Run(const SnapshotBenchOptions& options, Report* report) {
   KEYFS_RETURN_IF_ERROR(MeasureOpen(small_path, sizes.small_keys, big_path, sizes.big_keys,
                                     sizes.open_rounds, report));
 
+  std::vector<double> small_ms;  // 1-key commit latencies into the small store
   // Commits: unpinned, the committer and the writers need both CPUs.
   report->AddNote(
       "commits: unpinned; durable when Commit returns. Reference: a file of the store's size "
@@ -818,6 +1159,9 @@ Status Run(const SnapshotBenchOptions& options, Report* report) {
                     "; " + std::to_string(sizes.commit_rounds) + " rounds of " +
                     Printf("%.2g", sizes.commit_seconds) + " s per contender");
     KEYFS_RETURN_IF_ERROR(MeasureCommitThroughput(**engine, small, dir, sizes, report));
+    Progress("commit latency in the " + small_label + "-key store");
+    KEYFS_RETURN_IF_ERROR(MeasureCommitLatency(**engine, small.keys, dir, sizes.big_latency_rounds,
+                                               report, &small_ms));
   }
   if (sizes.mid_keys != 0) {
     const std::string label = CountLabel(sizes.mid_keys);
@@ -834,9 +1178,35 @@ Status Run(const SnapshotBenchOptions& options, Report* report) {
     Progress("commit latency in the " + big_label + "-key store");
     StatusOr<std::unique_ptr<Engine>> engine = ReopenStore(big_path);
     KEYFS_RETURN_IF_ERROR(engine.status());
+    std::vector<double> big_ms;
     KEYFS_RETURN_IF_ERROR(
-        MeasureCommitLatency(**engine, big.keys, dir, sizes.big_latency_rounds, report));
+        MeasureCommitLatency(**engine, big.keys, dir, sizes.big_latency_rounds, report, &big_ms));
+    AddScalingFigures(big_label, big_ms, small_label, small_ms, report);
+    Progress("commits into the " + big_label + "-key store");
+    KEYFS_RETURN_IF_ERROR(MeasureCommitThroughput(**engine, big, dir, sizes, report));
   }
+  Progress("merges under a sustained load on the " + big_label + "-key store");
+  KEYFS_RETURN_IF_ERROR(MeasureMerges(big_path, big, dir, sizes.merge_seconds, report));
+  big = {};
+  if (sizes.huge_keys != 0) {
+    const std::string label = CountLabel(sizes.huge_keys);
+    Progress("building the " + label + "-key store (one batch)");
+    const Workload huge = MakeWorkload(sizes.huge_keys, 0, 4);
+    StatusOr<std::unique_ptr<Engine>> engine =
+        BuildStore(dir.File("huge.keyfs"), huge, &build_seconds);
+    KEYFS_RETURN_IF_ERROR(engine.status());
+    const uint64_t bytes = (*engine)->Stats().file_bytes;
+    StatusOr<double> raw = RawWriteSeconds(dir, bytes);
+    KEYFS_RETURN_IF_ERROR(raw.status());
+    AddBulkFigure(label, build_seconds, *raw, bytes, report);
+    Progress("commit latency in the " + label + "-key store");
+    std::vector<double> huge_ms;
+    KEYFS_RETURN_IF_ERROR(
+        MeasureCommitLatency(**engine, huge.keys, dir, sizes.big_latency_rounds, report, &huge_ms));
+    AddScalingFigures(label, huge_ms, small_label, small_ms, report);
+  }
+  Progress("keyfsctl import of " + CountLabel(sizes.import_files) + " files against cp -r");
+  KEYFS_RETURN_IF_ERROR(MeasureImport(dir, sizes.import_files, report));
 
   return Status::OK();
 }

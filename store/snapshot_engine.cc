@@ -739,6 +739,8 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     std::vector<Pending*> accepted;
     std::optional<ChangeEvent> event;
     ViewRef published;
+    // Outlives the answer: freeing a bulk load's million entries is nobody's wait.
+    std::unique_ptr<Overlay> overlay_owner;
     {
       MutexLock pl(&publish_mu_);
       FlockGuard lock(lock_fd_);
@@ -748,7 +750,8 @@ class SnapshotEngineImpl final : public SnapshotEngine {
       ViewRef base = View();
       const uint64_t gen = base->generation() + 1;
       const int64_t now = NowNs();
-      Overlay overlay(base.get(), gen, now);
+      overlay_owner = std::make_unique<Overlay>(base.get(), gen, now);
+      Overlay& overlay = *overlay_owner;
       std::vector<Pending*> rejected;
       for (Pending* p : group) {
         p->result = overlay.Apply(*p->batch);

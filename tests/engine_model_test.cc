@@ -28,6 +28,7 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
     OpenOptions o;
     o.create = true;
     o.kind = GetParam();
+    o.merge_threshold = merge_threshold_;
     auto e = OpenStore(path_, o);
     ASSERT_TRUE(e.ok()) << e.status().ToString();
     engine_ = std::move(*e);
@@ -79,8 +80,19 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
   }
 
   void CheckSame(int step) {
+    ASSERT_NO_FATAL_FAILURE(CheckSame(*engine_, step));
+    if (follower_) {
+      // Another reader of the store (as a -o ro mount is) that follows the writer's commit
+      // log and its merges.
+      ASSERT_OK(follower_->Refresh());
+      ASSERT_EQ(follower_->Stats().generation, engine_->Stats().generation) << "step " << step;
+      ASSERT_NO_FATAL_FAILURE(CheckSame(*follower_, step));
+    }
+  }
+
+  void CheckSame(const Engine& engine, int step) {
     Tree got;
-    ASSERT_OK(Dump(*engine_, "", &got));
+    ASSERT_OK(Dump(engine, "", &got));
     ASSERT_EQ(got.size(), model_.tree().size()) << "step " << step;
     for (const auto& [k, v] : model_.tree()) {
       auto it = got.find(k);
@@ -91,7 +103,7 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
       ASSERT_EQ(it->second.subdirs, v.type == EntryType::kDir ? model_.Subdirs(k) : 0)
           << "step " << step << ": subdirs of " << k;
     }
-    auto root = engine_->Get("");
+    auto root = engine.Get("");
     ASSERT_OK(root.status());
     ASSERT_EQ(root->meta.subdirs, model_.Subdirs("")) << "step " << step << ": root subdirs";
     ASSERT_EQ(root->meta.mode, model_.root_mode()) << "step " << step << ": root mode";
@@ -116,10 +128,31 @@ class ModelTest : public ::testing::TestWithParam<EngineKind> {
   std::string path_ = dir_.Join("store");
   std::mt19937_64 rng_{static_cast<uint64_t>(GTEST_FLAG_GET(random_seed)) + 12345};
   std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Engine> follower_;
+  uint64_t merge_threshold_ = 0;
   Model model_;
+
+  void RandomBatches();
 };
 
-TEST_P(ModelTest, RandomBatchesMatchModel) {
+TEST_P(ModelTest, RandomBatchesMatchModel) { RandomBatches(); }
+
+// snapshot: merges of the commit log run in the background every few commits, while a
+// read-only engine follows; both match the model at every check.
+TEST_P(ModelTest, RandomBatchesMatchModelWhileMerging) {
+  if (GetParam() != EngineKind::kSnapshot) GTEST_SKIP() << "snapshot only";
+  merge_threshold_ = 6;
+  Open();
+  OpenOptions ro;
+  ro.read_only = true;
+  ro.watch = true;
+  auto f = OpenStore(path_, ro);
+  ASSERT_OK(f.status());
+  follower_ = std::move(*f);
+  RandomBatches();
+}
+
+void ModelTest::RandomBatches() {
   Open();
   ASSERT_TRUE(engine_);
   constexpr int kBatches = 3000;
@@ -143,6 +176,9 @@ TEST_P(ModelTest, RandomBatchesMatchModel) {
   }
   ASSERT_NO_FATAL_FAILURE(CheckSame(kBatches));
   EXPECT_GT(accepted, kBatches / 6) << accepted;  // real changes, not only errors
+  if (merge_threshold_ != 0) {
+    EXPECT_GT(engine_->Stats().merges, 0u) << "no merge ran: the test tests nothing new";
+  }
   engine_.reset();
   ASSERT_OK(VerifyStore(path_));
 }

@@ -24,7 +24,7 @@ command -v clang++ >/dev/null || { echo "tsan.sh: clang++ is missing (apt-get in
 # shared state without a mount (the inode table, a write handle used by several requests).
 tests=(
   snapshot_engine_test dets_engine_test engine_model_test engine_meta_test
-  snapshot_fault_test dets_fault_test snapshot_multiprocess_test format_compat_test
+  snapshot_fault_test dets_fault_test snapshot_multiprocess_test format_compat_test snapshot_log_test
   inode_table_test fs_attr_test write_path_test
 )
 # Single-threaded and slow under TSan: a 1 GiB value (4 min per engine), the comparison of

@@ -56,9 +56,13 @@ static_assert(std::is_trivially_destructible_v<DeltaState>);
 
 const DeltaKey* DeltaIndex::FindKey(std::string_view key, uint64_t hash) const {
   if (keys_ == nullptr) return nullptr;
+  const uint8_t tag = Tag(hash);
   for (uint64_t i = hash & key_mask_;; i = (i + 1) & key_mask_) {
-    const DeltaKey* k = keys_[i].load(std::memory_order_acquire);
-    if (k == nullptr) return nullptr;
+    // The tag is stored after the slot's key (release): once it is seen, so is the key.
+    const uint8_t t = tags_[i].load(std::memory_order_acquire);
+    if (t == 0) return nullptr;
+    if (t != tag) continue;
+    const DeltaKey* k = keys_[i].load(std::memory_order_relaxed);
     if (k->hash == hash && k->key == key) return k;
   }
 }
@@ -93,10 +97,14 @@ void DeltaWriter::Grow() {
   uint64_t dir_slots = kMinSlots;
   while (dir_slots < 4 * (index_->dir_count_ + 1)) dir_slots *= 2;
   next->keys_.reset(new std::atomic<DeltaKey*>[key_slots]);
+  next->tags_.reset(new std::atomic<uint8_t>[key_slots]);
   next->key_mask_ = key_slots - 1;
   next->dirs_.reset(new std::atomic<DeltaDir*>[dir_slots]);
   next->dir_mask_ = dir_slots - 1;
-  for (uint64_t i = 0; i < key_slots; ++i) next->keys_[i].store(nullptr, std::memory_order_relaxed);
+  for (uint64_t i = 0; i < key_slots; ++i) {
+    next->keys_[i].store(nullptr, std::memory_order_relaxed);
+    next->tags_[i].store(0, std::memory_order_relaxed);
+  }
   for (uint64_t i = 0; i < dir_slots; ++i) next->dirs_[i].store(nullptr, std::memory_order_relaxed);
   if (index_->keys_ != nullptr) {
     for (uint64_t i = 0; i <= index_->key_mask_; ++i) {
@@ -106,6 +114,7 @@ void DeltaWriter::Grow() {
       while (next->keys_[j].load(std::memory_order_relaxed) != nullptr)
         j = (j + 1) & next->key_mask_;
       next->keys_[j].store(k, std::memory_order_relaxed);
+      next->tags_[j].store(DeltaIndex::Tag(k->hash), std::memory_order_relaxed);
     }
     for (uint64_t i = 0; i <= index_->dir_mask_; ++i) {
       DeltaDir* d = index_->dirs_[i].load(std::memory_order_relaxed);
@@ -166,6 +175,7 @@ void DeltaWriter::Add(std::string_view key, uint64_t hash, const DeltaState& s) 
   DeltaDir* d = DirFor(ParentKey(key));
   k->next_sibling = d->first_child.load(std::memory_order_relaxed);
   x.keys_[i].store(k, std::memory_order_release);
+  x.tags_[i].store(DeltaIndex::Tag(hash), std::memory_order_release);
   d->first_child.store(k, std::memory_order_release);
   x.key_count_.store(x.key_count_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }

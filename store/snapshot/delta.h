@@ -71,6 +71,7 @@ class DeltaArena {
 // that with the next view; views holding the older one still find every key they can see.
 class DeltaIndex {
  public:
+  static uint8_t Tag(uint64_t hash) { return static_cast<uint8_t>(hash >> 56) | 1; }
   // Null if the delta holds no state of `key` (`hash` = format::HashKey(key)).
   const DeltaKey* FindKey(std::string_view key, uint64_t hash) const;
   const DeltaDir* FindDir(std::string_view dir, uint64_t hash) const;
@@ -82,6 +83,9 @@ class DeltaIndex {
  private:
   friend class DeltaWriter;
   std::shared_ptr<DeltaArena> arena_;
+  // One byte per key slot, read first: 0 = empty, else Tag(hash). A lookup of a key the
+  // delta does not hold (most lookups) touches only this small array.
+  std::unique_ptr<std::atomic<uint8_t>[]> tags_;
   std::unique_ptr<std::atomic<DeltaKey*>[]> keys_;
   uint64_t key_mask_ = 0;
   std::unique_ptr<std::atomic<DeltaDir*>[]> dirs_;
