@@ -95,7 +95,7 @@
 #include "file_util.h"
 #include "format.h"
 #include "keyfs/base/mutex.h"
-#include "overlay.h"
+#include "tree.h"
 #include "publish.h"
 #include "store_watcher.h"
 

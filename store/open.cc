@@ -9,7 +9,7 @@
 #include "format.h"
 #include "keyfs/store/engine.h"
 #include "keyfs/store/snapshot.h"
-#include "snapshot_engine.h"
+#include "snapshot/engine.h"
 
 namespace keyfs {
 

@@ -21,7 +21,7 @@
 #include "format.h"
 #include "keyfs/store/engine.h"
 #include "keyfs/store/env.h"
-#include "table_builder.h"
+#include "snapshot/table_builder.h"
 #include "testutil.h"
 
 namespace keyfs {

@@ -19,7 +19,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 dir=${KEYFS_FUZZ_DIR:-build-fuzz}
 secs=${KEYFS_FUZZ_SECONDS:-30}
 targets=("$@")
-((${#targets[@]})) || targets=(fuzz_store_file fuzz_key fuzz_batches)
+((${#targets[@]})) || targets=(fuzz_store_file fuzz_key fuzz_batches fuzz_commit_log)
 command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ is missing (apt-get install clang)" >&2; exit 2; }
 
 cd "$here"

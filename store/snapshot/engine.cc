@@ -44,7 +44,7 @@
 // rewritten in place by a later one once no process maps it: readers hold flock(LOCK_SH)
 // on the table they map, the committer recycles only a spare it can lock exclusively, and
 // never the file STORE names.
-#include "snapshot_engine.h"
+#include "snapshot/engine.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -67,13 +67,13 @@
 #include "format.h"
 #include "keyfs/base/mutex.h"
 #include "keyfs/store/snapshot.h"
-#include "overlay.h"
 #include "publish.h"
 #include "snapshot/commit_log.h"
 #include "snapshot/delta.h"
+#include "snapshot/overlay.h"
+#include "snapshot/table_builder.h"
 #include "snapshot/view.h"
 #include "store_watcher.h"
-#include "table_builder.h"
 
 namespace keyfs {
 namespace {

@@ -1,6 +1,6 @@
 // TableBuilder: streams records out, then the sorted index, hash index, bloom filter,
 // chunk checksums and finally the header at offset 0.
-#include "table_builder.h"
+#include "snapshot/table_builder.h"
 
 #include <algorithm>
 #include <cstring>
