@@ -17,4 +17,9 @@ namespace keyfs {
 Status CreateFileAtomically(Env* env, const std::string& path,
                             const std::function<Status(WritableFile*)>& write);
 
+// The same, replacing `path` if it exists: readers see the old file or the new one, whole.
+// (The temp is named `path`.tmp-<pid>-create-<n>: a writer's open removes leftovers.)
+Status ReplaceFileAtomically(Env* env, const std::string& path,
+                             const std::function<Status(WritableFile*)>& write);
+
 }  // namespace keyfs

@@ -1199,22 +1199,14 @@ class SnapshotEngineImpl final : public SnapshotEngine {
     }
     std::string tail;
     KEYFS_RETURN_IF_ERROR(ReadAt(log_fd_, from, log_end_ - from, &tail, log_path_));
-    const std::string tmp =
-        path_ + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++temp_counter_);
-    auto f = env_->NewExclusiveFile(tmp);
-    if (!f.ok()) return f.status();
-    Status s = (*f)->Append(EncodeLogHeader(upto, NowNs()));
-    if (s.ok()) s = (*f)->Append(tail);
-    if (s.ok()) s = (*f)->Sync();
-    if (s.ok()) s = env_->Rename(tmp, log_path_);
-    (void)(*f)->Close();
-    if (!s.ok()) {
-      (void)env_->RemoveFile(tmp);
+    KEYFS_RETURN_IF_ERROR(ReplaceFileAtomically(env_, log_path_, [&](WritableFile* f) {
+      Status s = f->Append(EncodeLogHeader(upto, NowNs()));
+      if (s.ok()) s = f->Append(tail);
       return s;
-    }
+    }));
     bytes_written_.fetch_add(format::kLogHeaderSize + tail.size(), std::memory_order_relaxed);
     CloseLog();
-    return env_->SyncDir(dir_);
+    return Status::OK();
   }
 
   const std::string path_, dir_, lock_path_, log_path_;
