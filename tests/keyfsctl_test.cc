@@ -300,6 +300,7 @@ class Export : public EngineTest {};
 class RoundTrip : public EngineTest {};
 class Info : public EngineTest {};
 class Verify : public EngineTest {};
+class Merge : public EngineTest {};
 class VerifySnapshot : public KeyfsctlTest {};
 class Bench : public KeyfsctlTest {};
 KEYFSCTL_ON_EVERY_ENGINE(Get);
@@ -312,6 +313,7 @@ KEYFSCTL_ON_EVERY_ENGINE(Export);
 KEYFSCTL_ON_EVERY_ENGINE(RoundTrip);
 KEYFSCTL_ON_EVERY_ENGINE(Info);
 KEYFSCTL_ON_EVERY_ENGINE(Verify);
+KEYFSCTL_ON_EVERY_ENGINE(Merge);
 
 // ---- command line ----------------------------------------------------------------------
 
@@ -1091,6 +1093,29 @@ TEST_P(Info, Golden) {
     size_t colon = rest[i].find(": ");
     EXPECT_TRUE(colon != std::string::npos && colon > 0) << rest[i];
   }
+}
+
+// ---- merge -----------------------------------------------------------------------------
+
+// snapshot: the commit log is folded into STORE, which then holds the store alone (a copy of
+// it is a backup); dets: a sync. The content is the same before and after.
+TEST_P(Merge, LeavesTheStoreInOneFile) {
+  CreateStore();
+  ASSERT_EQ(Ctl({"put", "s", "k", "v"}), Ok());
+  ASSERT_EQ(Ctl({"put", "s", "dir/f", "x"}), Ok());
+  if (engine_ == "snapshot") {
+    EXPECT_TRUE(Exists("s.log")) << "the puts did not go to the log";
+  }
+  EXPECT_EQ(Ctl({"merge", "s"}), Ok());
+  EXPECT_FALSE(Exists("s.log"));
+  ASSERT_EQ(::rename(Path("s").c_str(), Path("copy").c_str()), 0);  // STORE alone
+  EXPECT_EQ(Ctl({"get", "copy", "dir/f"}), Ok("x"));
+  EXPECT_EQ(Ctl({"get", "copy", "k"}), Ok("v"));
+  EXPECT_EQ(Ctl({"verify", "copy"}).status, 0);
+  EXPECT_EQ(Ctl({"merge", "copy"}), Ok());  // nothing to merge: still fine
+  Result missing = Ctl({"merge", "absent"});
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.err.find("absent"), std::string::npos) << missing.err;
 }
 
 // ---- verify ----------------------------------------------------------------------------

@@ -18,12 +18,12 @@ char* DeltaArena::Allocate(size_t n, size_t align) {
   if (cur_ == nullptr || pad + n > left_) {
     if (n + align > kBlockSize / 4) {  // big values get a block of their own
       blocks_.emplace_back(new char[n + align]);
-      bytes_ += n + align;
+      bytes_.fetch_add(n + align, std::memory_order_relaxed);
       char* p = blocks_.back().get();
       return p + (align - reinterpret_cast<uintptr_t>(p) % align) % align;
     }
     blocks_.emplace_back(new char[kBlockSize]);
-    bytes_ += kBlockSize;
+    bytes_.fetch_add(kBlockSize, std::memory_order_relaxed);
     cur_ = blocks_.back().get();
     left_ = kBlockSize;
     return Allocate(n, align);

@@ -56,14 +56,15 @@ class DeltaArena {
   DeltaState* NewState();
   DeltaKey* NewKey();
   DeltaDir* NewDir();
-  uint64_t bytes() const { return bytes_; }
+  // Read by any thread (the merge trigger), written by the writer.
+  uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
 
  private:
   char* Allocate(size_t n, size_t align);
   std::vector<std::unique_ptr<char[]>> blocks_;
   char* cur_ = nullptr;
   size_t left_ = 0;
-  uint64_t bytes_ = 0;
+  std::atomic<uint64_t> bytes_{0};
 };
 
 // The published shape of a delta: open-addressed tables of keys and of directories, read
