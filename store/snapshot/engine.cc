@@ -360,7 +360,7 @@ StatusOr<std::unique_ptr<Engine>> OpenSnapshotEngine(const std::string& path,
 
 // Checks the tree a version holds: every entry's parent is a directory, every directory's
 // count of child directories is exact.
-Status VerifyTree(const SnapshotView& v, std::vector<std::string>* report) {
+static Status VerifyTree(const SnapshotView& v, std::vector<std::string>* report) {
   struct Dir {
     uint32_t stored = 0, counted = 0;
   };

@@ -171,8 +171,11 @@ Status SnapshotEngineImpl::CatchUp(bool notify) {
   struct stat lst;
   const bool have_log = ::stat(log_path_.c_str(), &lst) == 0;
   if (!have_log && errno != ENOENT) return Status::FromErrno(errno, "stat " + log_path_);
+  // A log shorter than what we read was cut back by a writer whose append failed after we
+  // read it: read everything again rather than keep serving a commit that never happened.
   if (have_log != (log_fd_ >= 0) ||
-      (have_log && (lst.st_dev != log_dev_ || lst.st_ino != log_ino_))) {
+      (have_log && (lst.st_dev != log_dev_ || lst.st_ino != log_ino_ ||
+                    static_cast<uint64_t>(lst.st_size) < log_end_))) {
     reload = true;
   }
   std::vector<std::string> changed;

@@ -132,7 +132,7 @@ Status SnapshotEngineImpl::AppendToLog(const Overlay& overlay, uint64_t gen, int
 Status SnapshotEngineImpl::OpenLogForAppend() {
   if (log_writer_) return Status::OK();
   if (log_fd_ < 0) {
-    auto probe = env_->ReopenForRewrite(path_ + ".lock");
+    auto probe = env_->ReopenForRewrite(lock_path_);
     if (!probe.ok() && probe.status().code() == Status::Code::kNotSupported) {
       return probe.status();
     }
