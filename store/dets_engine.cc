@@ -94,6 +94,7 @@
 #include "failpoint.h"
 #include "file_util.h"
 #include "format.h"
+#include "hazard_slots.h"
 #include "keyfs/base/mutex.h"
 #include "tree.h"
 #include "publish.h"
@@ -511,6 +512,7 @@ class DetsEngineImpl final : public Engine {
       WriterMutexLock l(&mu_);  // no other thread yet: for the analysis' sake
       file_ = *f;
       last_commit_ns_ = file_->sync_time_ns();
+      PublishQuietLocked();
     }
     if (!read_only_) {
       RemoveStaleTemps();
@@ -549,6 +551,25 @@ class DetsEngineImpl final : public Engine {
       return keyfs::Record{v.meta, v.version, {}, nullptr};
     }
     const uint64_t h = format::HashKey(key);
+    // Lock-free: with nothing buffered the file is the whole state, and its bloom filter
+    // answers most misses. A possible hit, or a miss that must look at the ancestors, goes
+    // the locked way below.
+    bool bloom_passed = false;
+    if (tl_lookup_stats.use_bloom) {
+      if (const DetsFile* quiet = quiet_file_.load(std::memory_order_seq_cst)) {
+        HazardSlots<DetsFile>::Guard g;
+        hazards_.Protect(quiet_file_, quiet, &g);
+        if (g) {
+          Status s = quiet->MayContain(h);
+          if (s.IsNotFound() && (!why_missing || key.find('/') == std::string_view::npos)) {
+            tl_lookup_stats.Count(false);
+            return s;
+          }
+          if (!s.ok() && !s.IsNotFound()) return s;
+          bloom_passed = s.ok();
+        }
+      }
+    }
     DetsFileRef file;
     {
       ReaderMutexLock l(&mu_);
@@ -562,7 +583,9 @@ class DetsEngineImpl final : public Engine {
       // count; a possible hit pins the file and reads its hash table outside the lock.
       // The bloom filter costs one more memory access on every hit, so a thread whose recent
       // lookups mostly hit goes straight to the hash table (which answers misses too).
-      if (tl_lookup_stats.use_bloom) {
+      // (A filter that passed the key above need not be asked again: the hash table
+      // answers misses too, whichever file is served now.)
+      if (tl_lookup_stats.use_bloom && !bloom_passed) {
         Status s = file_->MayContain(h);
         if (s.IsNotFound()) {
           tl_lookup_stats.Count(false);
@@ -708,6 +731,7 @@ class DetsEngineImpl final : public Engine {
     const int64_t now = NowNs();
     {
       WriterMutexLock l(&mu_);
+      quiet_file_.store(nullptr, std::memory_order_seq_cst);  // before the buffer changes
       const Layers layers = LayersLocked();
       BufferTree tree(active_.get(), layers, listening);
       try {
@@ -741,6 +765,7 @@ class DetsEngineImpl final : public Engine {
         last_commit_ns_ = std::max(last_commit_ns_, now);
       }
       active_bytes_.store(active_->bytes(), std::memory_order_relaxed);
+      PublishQuietLocked();  // a rolled-back batch may have left the buffer empty
     }
     if (!s.ok()) {
       if (s.code() == Status::Code::kIOError) commit_errors_.fetch_add(1);
@@ -929,9 +954,18 @@ class DetsEngineImpl final : public Engine {
     {
       WriterMutexLock l(&mu_);
       file_ = *opened;
+      PublishQuietLocked();
     }
+    hazards_.WaitUnused(old.get());
     syncs_.fetch_add(1, std::memory_order_relaxed);
     return sync_dir;
+  }
+
+  // Publishes the file for lock-free lookups if it is the whole served state (no buffer
+  // holds anything), else withdraws it.
+  void PublishQuietLocked() REQUIRES(mu_) {
+    quiet_file_.store(active_->empty() && frozen_.empty() ? file_.get() : nullptr,
+                      std::memory_order_seq_cst);
   }
 
   // Valid while mu_ is held (shared or exclusive).
@@ -1050,6 +1084,7 @@ class DetsEngineImpl final : public Engine {
       done_cv_.NotifyAll();
       if (!retired_.empty()) {
         l.Unlock();
+        for (const DetsFileRef& f : retired_) hazards_.WaitUnused(f.get());
         retired_.clear();  // Stats().syncing stays true until the old file is gone
         l.Lock();
       }
@@ -1196,6 +1231,7 @@ class DetsEngineImpl final : public Engine {
       frozen_.erase(frozen_.begin(), frozen_.begin() + static_cast<ptrdiff_t>(layers.size()));
       frozen_marks_.erase(frozen_marks_.begin(),
                           frozen_marks_.begin() + static_cast<ptrdiff_t>(layers.size()));
+      PublishQuietLocked();
     }
     syncs_.fetch_add(1, std::memory_order_relaxed);
     {
@@ -1234,9 +1270,11 @@ class DetsEngineImpl final : public Engine {
       WriterMutexLock l(&mu_);
       file_ = *f;
       last_commit_ns_ = file_->sync_time_ns();  // a reader has no commits of its own
+      PublishQuietLocked();
     }
     external_reloads_.fetch_add(1, std::memory_order_relaxed);
     if (notify) NotifyDiff(*cur, **f);
+    hazards_.WaitUnused(cur.get());
     return Status::OK();
   }
 
@@ -1304,6 +1342,11 @@ class DetsEngineImpl final : public Engine {
   int64_t last_commit_ns_ GUARDED_BY(mu_) = 0;  // wall clock of the newest commit served
   DetsFileRef file_ GUARDED_BY(mu_);
   std::atomic<uint64_t> commits_applied_{0};  // successful commits; written under mu_
+  // file_ while it is the whole served state (active_ and frozen_ empty), else nullptr:
+  // lookups read it without mu_, announcing it in hazards_. Written under mu_ (exclusive);
+  // a file it named is dropped only after hazards_.WaitUnused.
+  std::atomic<const DetsFile*> quiet_file_{nullptr};
+  mutable HazardSlots<DetsFile> hazards_;
   std::atomic<uint64_t> active_bytes_{0};
 
   // Sync coordination. Never held together with mu_.

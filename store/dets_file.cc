@@ -239,10 +239,11 @@ Status DetsFile::Init(int fd, const std::string& path) {
 // a miss then costs one cache line of RAM, never a page of the file (and the mapping's RSS
 // does not grow by the filters' file pages).
 Status DetsFile::LoadBlooms() {
+  static_assert(kDetsBuckets == std::tuple_size_v<decltype(bloom_refs_)>);
   uint64_t total = 0;
-  bloom_at_.resize(kDetsBuckets);
+  std::vector<uint64_t> bloom_at(kDetsBuckets);  // offset of bucket t's filter in bloom_mem_
   for (uint32_t t = 0; t < kDetsBuckets; ++t) {
-    bloom_at_[t] = total;
+    bloom_at[t] = total;
     total += buckets_[t].bloom_blocks * kDetsBloomBlockBytes;
   }
   bloom_mem_size_ = std::max<uint64_t>(total, 4096);
@@ -278,8 +279,9 @@ Status DetsFile::LoadBlooms() {
         return Corrupt("nonzero padding after bucket " + std::to_string(t), sums_from + z);
       }
     }
-    std::memcpy(bloom_mem_ + bloom_at_[t], chunks.data() + (b.bloom_off - from),
+    std::memcpy(bloom_mem_ + bloom_at[t], chunks.data() + (b.bloom_off - from),
                 b.bloom_blocks * kDetsBloomBlockBytes);
+    bloom_refs_[t] = BloomRef{bloom_mem_ + bloom_at[t], b.bloom_blocks};
   }
   return Status::OK();
 }
@@ -498,10 +500,10 @@ Status DetsFile::FindCopy(std::string_view key, uint64_t h, DetsEntry* out,
 }
 
 Status DetsFile::MayContain(uint64_t h) const {
-  const DetsBucket& b = buckets_[h >> 56];
-  if (b.count == 0) return Status::NotFound();
-  const BloomProbe bp = Bloom(h, b.bloom_blocks);
-  const uint8_t* block = bloom_mem_ + bloom_at_[h >> 56] + bp.block * kDetsBloomBlockBytes;
+  const BloomRef& r = bloom_refs_[h >> 56];
+  if (r.blocks == 0) return Status::NotFound();  // an empty bucket (Init checked the counts)
+  const BloomProbe bp = Bloom(h, r.blocks);
+  const uint8_t* block = r.filter + bp.block * kDetsBloomBlockBytes;
   uint32_t a = bp.a;
   for (uint32_t i = 0; i < bloom_k_; ++i) {
     const uint32_t bit = a & 511;

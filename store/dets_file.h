@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -211,7 +212,14 @@ class DetsFile {
   std::unique_ptr<std::atomic<uint64_t>[]> block_ok_;
   uint8_t* bloom_mem_ = nullptr;  // every bucket's bloom filter, copied at open
   size_t bloom_mem_size_ = 0;
-  std::vector<uint64_t> bloom_at_;  // offset of bucket t's filter in bloom_mem_
+  // Per bucket, what a miss reads: its filter in bloom_mem_ and its block count (0: an empty
+  // bucket). 16 bytes each, so the 256 of them stay in a few cache lines that a lookup in a
+  // cold cache finds in one load, instead of the descriptor and an offset table.
+  struct BloomRef {
+    const uint8_t* filter = nullptr;
+    uint64_t blocks = 0;
+  };
+  std::array<BloomRef, 256> bloom_refs_{};
 };
 
 using DetsFileRef = std::shared_ptr<const DetsFile>;
