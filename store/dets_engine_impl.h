@@ -21,6 +21,12 @@
 // never through the mapping, so writing into a file far larger than memory does not grow
 // the process's resident mapping.
 //
+// A quiet store (no buffer holds anything: after every sync, and always when read-only) is
+// its file alone. quiet_file_ then names the file, and a lookup reads its bloom filter with
+// no lock: it announces the file in hazards_ (hazard_slots.h) and the syncer, or a refresh,
+// waits for no announcement of a replaced file before dropping it. A commit withdraws
+// quiet_file_ under mu_ before it changes the active buffer.
+//
 // Lock order: commit_mu_ -> sync_mu_, commit_mu_ -> mu_, refresh_mu_ -> mu_, and
 // listener_mu_ after commit_mu_ or refresh_mu_; sync_mu_ and mu_ are never held together.
 // Readers take only mu_ (shared); the syncer takes sync_mu_ and mu_ one at a time, never
@@ -121,8 +127,16 @@ class DetsEngineImpl final : public Engine {
 
   bool dir_sync_owed();
 
-  // FREEZING -> MERGING -> RENAMING -> PUBLISHED (see the top of the file).
+  // FREEZING -> MERGING -> RENAMING -> PUBLISHED (see the top of dets_syncer.cc).
   Status SyncRound();
+
+  // The syncer's state (dets_syncer.cc): where the current sync attempt is. Only the
+  // syncer thread changes it.
+  enum class SyncState : uint8_t { kIdle, kFreezing, kMerging, kRenaming, kPublished, kError };
+  static const char* SyncStateName(SyncState s);
+  // Moves to `next`, aborting on a transition the state machine does not have (a bug).
+  void EnterState(SyncState next) EXCLUDES(sync_mu_);
+  void EnterStateLocked(SyncState next) REQUIRES(sync_mu_);
 
   // Serves the file STORE names now if it is not the current one (read-only engines).
   Status RefreshFile(bool notify);
@@ -171,6 +185,7 @@ class DetsEngineImpl final : public Engine {
   bool stopping_ GUARDED_BY(sync_mu_) = false;
   bool limit_hit_ GUARDED_BY(sync_mu_) = false;
   bool syncing_ GUARDED_BY(sync_mu_) = false;
+  SyncState sync_state_ GUARDED_BY(sync_mu_) = SyncState::kIdle;
   // The highest attempt a Sync() caller waits for.
   uint64_t requested_ GUARDED_BY(sync_mu_) = 0;
   uint64_t started_ GUARDED_BY(sync_mu_) = 0, finished_ GUARDED_BY(sync_mu_) = 0;

@@ -46,10 +46,21 @@
 //
 // Closing (the destructor) runs a last sync; its error cannot be returned, so callers that
 // care call Sync() first.
+//
+// The state is explicit: sync_state_ (under sync_mu_, changed only by the syncer through
+// EnterState, which aborts on a transition not drawn here). An attempt goes IDLE ->
+// [RENAMING -> PUBLISHED, for an owed directory fsync] -> (FREEZING -> [MERGING ->
+// RENAMING ->] PUBLISHED) once to three times -> IDLE, or from any of its steps to ERROR ->
+// IDLE. Checked at the transitions: MERGING has frozen buffers and a file to merge over;
+// PUBLISHED replaces exactly the file it merged over, by one of the next generation, and
+// drops the oldest frozen buffers, the ones it merged; IDLE never claims more durable
+// commits than were applied.
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <new>
 
 #include "dets_engine_impl.h"
@@ -57,6 +68,72 @@
 #include "failpoint.h"
 
 namespace keyfs::dets {
+
+// An invariant of the state machine; a failure is a bug in this file, not an I/O error,
+// and serving on could lose commits: abort in every build. Cheap: a few per sync.
+#define DETS_SYNC_CHECK(cond)                                                              \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      std::fprintf(stderr, "keyfs: dets syncer invariant failed at %s:%d: %s\n", __FILE__, \
+                   __LINE__, #cond);                                                       \
+      std::abort();                                                                        \
+    }                                                                                      \
+  } while (0)
+
+const char* DetsEngineImpl::SyncStateName(SyncState s) {
+  switch (s) {
+    case SyncState::kIdle:
+      return "IDLE";
+    case SyncState::kFreezing:
+      return "FREEZING";
+    case SyncState::kMerging:
+      return "MERGING";
+    case SyncState::kRenaming:
+      return "RENAMING";
+    case SyncState::kPublished:
+      return "PUBLISHED";
+    case SyncState::kError:
+      return "ERROR";
+  }
+  return "?";
+}
+
+void DetsEngineImpl::EnterState(SyncState next) {
+  MutexLock l(&sync_mu_);
+  EnterStateLocked(next);
+}
+
+void DetsEngineImpl::EnterStateLocked(SyncState next) {
+  using S = SyncState;
+  const S from = sync_state_;
+  bool allowed = false;
+  switch (next) {
+    case S::kFreezing:  // an attempt's first round, or the next one
+      allowed = from == S::kIdle || from == S::kPublished;
+      break;
+    case S::kMerging:
+      allowed = from == S::kFreezing;
+      break;
+    case S::kRenaming:  // a merged file, or a directory fsync owed by the last attempt
+      allowed = from == S::kMerging || (from == S::kIdle && dir_sync_owed_);
+      break;
+    case S::kPublished:  // renamed, or nothing was frozen (the file holds every commit)
+      allowed = from == S::kRenaming || from == S::kFreezing;
+      break;
+    case S::kError:
+      allowed = from != S::kIdle || dir_sync_owed_;
+      break;
+    case S::kIdle:  // the attempt is over (or found nothing to do)
+      allowed = from == S::kPublished || from == S::kError || from == S::kIdle;
+      break;
+  }
+  if (!allowed) {
+    std::fprintf(stderr, "keyfs: dets syncer: no transition %s -> %s\n", SyncStateName(from),
+                 SyncStateName(next));
+    std::abort();
+  }
+  sync_state_ = next;
+}
 
 Status DetsEngineImpl::Sync() {
   if (read_only_) return Status::OK();
@@ -100,6 +177,7 @@ void DetsEngineImpl::SyncerLoop() {
     const uint64_t attempt = ++started_;
     limit_hit_ = false;
     syncing_ = true;
+    DETS_SYNC_CHECK(sync_state_ == SyncState::kIdle);
     l.Unlock();
     const int64_t t0 = MonoNs();
     Status s;
@@ -109,6 +187,9 @@ void DetsEngineImpl::SyncerLoop() {
       s = Status::IOError("out of memory during a sync");
     }
     l.Lock();
+    if (!s.ok()) EnterStateLocked(SyncState::kError);
+    EnterStateLocked(SyncState::kIdle);
+    DETS_SYNC_CHECK(durable_commits_ <= CommitsApplied());
     if (s.ok()) {
       last_sync_duration_ns_ = MonoNs() - t0;
       last_sync_end_ns_ = NowNs();
@@ -131,10 +212,12 @@ void DetsEngineImpl::SyncerLoop() {
 Status DetsEngineImpl::RunSync() {
   const uint64_t target = CommitsApplied();
   if (dir_sync_owed()) {
+    EnterState(SyncState::kRenaming);  // the last rename's directory fsync, still owed
     KEYFS_RETURN_IF_ERROR(env_->SyncDir(dir_));
     MutexLock l(&sync_mu_);
     dir_sync_owed_ = false;
     durable_commits_ = std::max(durable_commits_, owed_commits_);
+    EnterStateLocked(SyncState::kPublished);
   }
   for (int round = 0; round < 3; ++round) {
     {
@@ -158,7 +241,7 @@ bool DetsEngineImpl::dir_sync_owed() {
 }
 
 Status DetsEngineImpl::SyncRound() {
-  // FREEZING.
+  EnterState(SyncState::kFreezing);
   std::vector<BufferRef> layers;
   DetsFileRef old;
   const BufRecord* root_rec = nullptr;  // lives in a frozen buffer held by `layers`
@@ -202,11 +285,14 @@ Status DetsEngineImpl::SyncRound() {
   if (layers.empty()) {
     MutexLock l(&sync_mu_);
     durable_commits_ = std::max(durable_commits_, upto);
+    EnterStateLocked(SyncState::kPublished);  // nothing to write: the file holds them all
     return Status::OK();
   }
 
   (void)FailPoint("dets.frozen");
-  // MERGING.
+  // Every frozen buffer is merged, oldest first, over the file served when they froze.
+  DETS_SYNC_CHECK(!layers.empty() && old != nullptr);
+  EnterState(SyncState::kMerging);
   const std::string tmp =
       path_ + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++temp_counter_);
   auto file = env_->NewExclusiveFile(tmp);
@@ -236,7 +322,7 @@ Status DetsEngineImpl::SyncRound() {
   } catch (const std::bad_alloc&) {
     s = Status::IOError("out of memory during a sync");
   }
-  // RENAMING.
+  if (s.ok()) EnterState(SyncState::kRenaming);
   if (s.ok()) s = FailPoint("dets.merged");
   if (s.ok()) s = f->Sync();
   if (s.ok()) s = FailPoint("dets.file_synced");
@@ -256,9 +342,13 @@ Status DetsEngineImpl::SyncRound() {
   auto opened = DetsFile::OpenFd(fd, path_);
   if (!opened.ok()) return opened.status();  // the frozen buffers stay served
 
-  // PUBLISHED.
+  // The new file follows the one it was merged over.
+  DETS_SYNC_CHECK((*opened)->generation() == old->generation() + 1);
   {
     WriterMutexLock l(&mu_);
+    // Nobody else replaces the file of a writer, and the merged buffers are the oldest.
+    DETS_SYNC_CHECK(file_ == old && frozen_.size() >= layers.size() &&
+                    frozen_.size() == frozen_marks_.size() && frozen_.front() == layers.front());
     file_ = *opened;
     frozen_.erase(frozen_.begin(), frozen_.begin() + static_cast<ptrdiff_t>(layers.size()));
     frozen_marks_.erase(frozen_marks_.begin(),
@@ -275,6 +365,7 @@ Status DetsEngineImpl::SyncRound() {
       dir_sync_owed_ = true;
       owed_commits_ = std::max(owed_commits_, upto);
     }
+    EnterStateLocked(SyncState::kPublished);
   }
   layers.clear();
   (void)FailPoint("dets.published");
