@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "dets_engine.h"
+#include "dets/engine.h"
 #include "format.h"
 #include "keyfs/store/engine.h"
 #include "keyfs/store/snapshot.h"

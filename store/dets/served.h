@@ -8,8 +8,8 @@
 #include <string_view>
 #include <vector>
 
-#include "dets_buffer.h"
-#include "dets_file.h"
+#include "dets/buffer.h"
+#include "dets/file.h"
 #include "format.h"
 #include "keyfs/store/engine.h"
 #include "tree.h"

@@ -1,7 +1,7 @@
 // The dets merge: old file (already in hash order) + frozen buffers (sorted here by hash)
 // -> new file, bucket by bucket, in one sequential write. The key index is merged the same
 // way from the old file's key index and the buffers sorted by key.
-#include "dets_merge.h"
+#include "dets/merge.h"
 
 #include <fcntl.h>
 #include <pthread.h>

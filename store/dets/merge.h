@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "dets_buffer.h"
-#include "dets_file.h"
+#include "dets/buffer.h"
+#include "dets/file.h"
 #include "keyfs/store/env.h"
 #include "keyfs/store/status.h"
 

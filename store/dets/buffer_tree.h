@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "dets_served.h"
+#include "dets/served.h"
 
 namespace keyfs::dets {
 

@@ -63,8 +63,8 @@
 #include <cstdlib>
 #include <new>
 
-#include "dets_engine_impl.h"
-#include "dets_merge.h"
+#include "dets/engine_impl.h"
+#include "dets/merge.h"
 #include "failpoint.h"
 
 namespace keyfs::dets {

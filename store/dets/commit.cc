@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <new>
 
-#include "dets_buffer_tree.h"
-#include "dets_engine_impl.h"
+#include "dets/buffer_tree.h"
+#include "dets/engine_impl.h"
 
 namespace keyfs::dets {
 

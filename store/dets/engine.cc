@@ -2,7 +2,7 @@
 // buffer; see dets_engine_impl.h for the served state and the pieces. This file: opening,
 // the writer lock, stale temps, following another writer's syncs (read-only engines),
 // stats, and the store-level functions of dets_engine.h.
-#include "dets_engine.h"
+#include "dets/engine.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -13,8 +13,8 @@
 
 #include <algorithm>
 
-#include "dets_engine_impl.h"
-#include "dets_merge.h"
+#include "dets/engine_impl.h"
+#include "dets/merge.h"
 #include "file_util.h"
 #include "publish.h"
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <span>
 
-#include "dets_engine_impl.h"
+#include "dets/engine_impl.h"
 #include "keyfs/store/status.h"
 
 namespace keyfs::dets {

@@ -1,6 +1,6 @@
 // BufferTree: reads merge the layers (active buffer, frozen buffers, file) as a lookup
 // does; writes go to the active buffer only.
-#include "dets_buffer_tree.h"
+#include "dets/buffer_tree.h"
 
 #include <algorithm>
 #include <set>

@@ -1,6 +1,6 @@
 // DetsFile: reads one mapped dets file (FORMAT.md §3). Every offset and length read from
 // the file is checked against the structure it must lie in before it is used.
-#include "dets_file.h"
+#include "dets/file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,6 +1,6 @@
 // WriteBuffer: arena-allocated nodes and records, an open-addressing hash index, and lists
 // of children per directory that are sorted only when someone lists the directory.
-#include "dets_buffer.h"
+#include "dets/buffer.h"
 
 #include <sys/mman.h>
 

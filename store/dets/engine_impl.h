@@ -40,7 +40,7 @@
 #include <thread>
 #include <vector>
 
-#include "dets_served.h"
+#include "dets/served.h"
 #include "file_util.h"
 #include "hazard_slots.h"
 #include "keyfs/base/mutex.h"
