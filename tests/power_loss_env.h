@@ -46,14 +46,19 @@ class PowerLossEnv final : public Env {
                   // allocation: a renamed file whose data never reached the disk)
     kEverything,  // all of it (what a process crash leaves)
     kRandom,      // a random prefix of each file's writes and of the directory's operations
+    kReordered,   // a random prefix of each file's writes; ANY subset of the directory's
+                  // operations (a filesystem without a journal writes directory blocks in
+                  // no particular order: only a directory fsync orders them)
   };
-  static constexpr Survival kAllSurvivals[] = {Survival::kNone, Survival::kDataOnly,
+  static constexpr Survival kAllSurvivals[] = {Survival::kNone,      Survival::kDataOnly,
                                                Survival::kNamesOnly, Survival::kEverything,
-                                               Survival::kRandom};
+                                               Survival::kRandom,    Survival::kReordered};
   static const char* SurvivalName(Survival s) {
     switch (s) {
       case Survival::kNone:
         return "none";
+      case Survival::kReordered:
+        return "reordered directory operations";
       case Survival::kDataOnly:
         return "data-only";
       case Survival::kNamesOnly:
@@ -123,13 +128,20 @@ class PowerLossEnv final : public Env {
         case Survival::kEverything:
           return n;
         case Survival::kRandom:
+        case Survival::kReordered:
           return static_cast<size_t>(rng() % (n + 1));
       }
       return 0;
     };
     std::map<std::string, int> names = durable_names_;
-    const size_t ops = keep(dir_ops_.size(), false);
-    for (size_t i = 0; i < ops; ++i) dir_ops_[i].ApplyTo(&names);
+    if (mode == Survival::kReordered) {
+      for (const DirOp& op : dir_ops_) {
+        if (rng() % 2 == 0) op.ApplyTo(&names, /*lenient=*/true);
+      }
+    } else {
+      const size_t ops = keep(dir_ops_.size(), false);
+      for (size_t i = 0; i < ops; ++i) dir_ops_[i].ApplyTo(&names);
+    }
 
     // Remove what is there, then write what survived.
     DIR* d = ::opendir(dir_.c_str());
@@ -239,8 +251,10 @@ class PowerLossEnv final : public Env {
   struct DirOp {
     enum Kind { kBind, kUnbind, kMove } kind;
     std::string name, to;  // kMove: name -> to
-    int ino = 0;           // kBind
-    void ApplyTo(std::map<std::string, int>* names) const {
+    int ino = 0;           // kBind; kMove: the inode moved
+    // lenient: a move whose source name did not survive still binds its inode to `to`
+    // (the directory block holding the new name reached the disk, the old one's did not).
+    void ApplyTo(std::map<std::string, int>* names, bool lenient = false) const {
       switch (kind) {
         case kBind:
           (*names)[name] = ino;
@@ -250,10 +264,9 @@ class PowerLossEnv final : public Env {
           break;
         case kMove: {
           auto it = names->find(name);
-          if (it == names->end()) abort();  // the model is inconsistent
-          const int moved = it->second;
-          names->erase(it);
-          (*names)[to] = moved;
+          if (it == names->end() && !lenient) abort();  // the model is inconsistent
+          if (it != names->end()) names->erase(it);
+          (*names)[to] = ino;
           break;
         }
       }
@@ -357,7 +370,7 @@ class PowerLossEnv final : public Env {
     const int ino = names_[a];
     names_.erase(a);
     names_[b] = ino;
-    dir_ops_.push_back({DirOp::kMove, a, b, 0});
+    dir_ops_.push_back({DirOp::kMove, a, b, ino});
     return Status::OK();
   }
 

@@ -249,7 +249,7 @@ void PowerLossTest::CutAtEveryStep() {
                               std::to_string(steps) + " (" + env.StepName(cut) + "), " +
                               std::to_string(out.acked) + " commits acknowledged";
     for (Survival mode : PowerLossEnv::kAllSurvivals) {
-      const int seeds = mode == Survival::kRandom ? 3 : 1;
+      const int seeds = mode == Survival::kRandom || mode == Survival::kReordered ? 3 : 1;
       for (int seed = 0; seed < seeds; ++seed) {
         env.ApplyPowerLoss(mode, static_cast<uint64_t>(cut) * 1000 + seed);
         ASSERT_NO_FATAL_FAILURE(
