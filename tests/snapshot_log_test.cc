@@ -243,6 +243,19 @@ TEST_F(CommitLogStore, LogOfANewerTableIsCorruption) {
   ASSERT_TRUE(ro.status().IsCorruption()) << ro.status().ToString();
 }
 
+// A store removed by hand leaves its log behind: a new store of the same name must not
+// replay it (both would start at generation 1).
+TEST_F(CommitLogStore, CreateRemovesAnOrphanLog) {
+  ASSERT_EQ(::unlink(path_.c_str()), 0);
+  ASSERT_EQ(::access(log_.c_str(), F_OK), 0);
+  ASSERT_OK(CreateStore(path_, EngineKind::kSnapshot));
+  EXPECT_NE(::access(log_.c_str(), F_OK), 0) << "the orphan log survived";
+  auto e = OpenStore(path_, OpenOptions{.read_only = true});
+  ASSERT_OK(e.status());
+  EXPECT_EQ((*e)->Get("k0").status().code(), Status::Code::kNotFound);
+  EXPECT_EQ((*e)->Stats().entries, 0u);
+}
+
 // A merge writes the same content on a new base and empties the log; a reader that held a
 // value from before keeps reading it.
 TEST_F(CommitLogStore, MergeKeepsContentAndRemovesTheLog) {

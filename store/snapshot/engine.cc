@@ -431,7 +431,16 @@ Status VerifySnapshotStore(const std::string& path, std::vector<std::string>* re
 }
 
 Status CreateSnapshotStore(const std::string& path, Env* env) {
-  return CreateFileAtomically(env ? env : Env::Default(), path, [](WritableFile* f) {
+  if (env == nullptr) env = Env::Default();
+  // A commit log without its table is an orphan of a store removed by hand: its records
+  // would be replayed onto the new table (both start at generation 1). It goes first, and
+  // durably, before the new table can appear beside it.
+  const std::string log = path + ".log";
+  if (::access(path.c_str(), F_OK) != 0 && ::access(log.c_str(), F_OK) == 0) {
+    KEYFS_RETURN_IF_ERROR(env->RemoveFile(log));
+    KEYFS_RETURN_IF_ERROR(env->SyncDir(DirName(path)));
+  }
+  return CreateFileAtomically(env, path, [](WritableFile* f) {
     const int64_t now = NowNs();
     Meta root = Meta::Dir(0755);
     root.uid = ::geteuid();

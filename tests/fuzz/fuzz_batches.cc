@@ -155,6 +155,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string path = Dir() + "/store";
   ::unlink(path.c_str());
   ::unlink((path + ".lock").c_str());
+  ::unlink((path + ".log").c_str());
   keyfs::model::Model model;
   {
     auto engine = Open(path, kind);
