@@ -63,7 +63,9 @@ constexpr uint64_t kMaxRecordBytes = uint64_t{16} << 20;
 // eighth of the base's entry count, whichever is more; and once it holds this many bytes
 // of keys and values, or a quarter of the base file's size, whichever is more.
 constexpr uint64_t kMinMergeKeys = 16384;
-constexpr uint64_t kMinMergeBytes = uint64_t{64} << 20;
+// (The bytes bound what a daemon holds in memory beside the mapped table: every version of
+// every value logged since the last merge, in each process that follows the log.)
+constexpr uint64_t kMinMergeBytes = uint64_t{8} << 20;
 
 class SnapshotEngineImpl final : public SnapshotEngine {
  public:
