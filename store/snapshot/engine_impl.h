@@ -272,7 +272,6 @@ class SnapshotEngineImpl final : public SnapshotEngine {
   Mutex merge_mu_ ACQUIRED_AFTER(publish_mu_);
   CondVar merge_cv_, merge_idle_cv_;
   bool merge_wanted_ GUARDED_BY(merge_mu_) = false;
-  bool merge_forced_ GUARDED_BY(merge_mu_) = false;
   bool merging_ GUARDED_BY(merge_mu_) = false;
   bool merge_stopping_ GUARDED_BY(merge_mu_) = false;
   Status last_merge_status_ GUARDED_BY(merge_mu_);

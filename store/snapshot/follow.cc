@@ -92,9 +92,7 @@ Status SnapshotEngineImpl::ReadNewRecords(uint64_t size, uint64_t since,
                                   std::to_string(gen_) + " to " + std::to_string(rec.generation) +
                                   " at offset " + std::to_string(log_end_));
       }
-      if (record_offsets_.empty() || record_offsets_.back().first < rec.generation) {
-        record_offsets_.emplace_back(rec.generation, log_end_);
-      }
+      record_offsets_.emplace_back(rec.generation, log_end_);
       ApplyRecord(rec);
       if (changed != nullptr && rec.generation > since) {
         if (rec.root) changed->emplace_back();

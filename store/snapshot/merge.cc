@@ -47,7 +47,6 @@ void SnapshotEngineImpl::MergerLoop() {
     {
       MutexLock l(&merge_mu_);
       merging_ = false;
-      merge_forced_ = false;
       last_merge_status_ = s;
     }
     merge_idle_cv_.NotifyAll();
@@ -176,7 +175,6 @@ Status SnapshotEngineImpl::Merge() {
   {
     MutexLock l(&merge_mu_);
     merge_wanted_ = true;
-    merge_forced_ = true;
   }
   merge_cv_.NotifyAll();
   return WaitForMerges();

@@ -82,14 +82,16 @@ bool SnapshotEngineImpl::WholeTableWanted(const SnapshotView& base, const Overla
 Status SnapshotEngineImpl::AppendToLog(const Overlay& overlay, uint64_t gen, int64_t now) {
   KEYFS_RETURN_IF_ERROR(OpenLogForAppend());
   LogRecordWriter w(gen, now);
+  LogRecord rec;  // what the record says, applied to the delta once it is durable
+  rec.generation = gen;
+  rec.commit_time_ns = now;
   if (overlay.root_changed()) {
     auto root = overlay.Root();
     if (!root.ok()) return root.status();
     w.SetRoot(root->meta, root->version);
+    rec.root = root->meta;
+    rec.root_version = root->version;
   }
-  LogRecord rec;
-  rec.generation = gen;
-  rec.commit_time_ns = now;
   overlay.ForEachChange([&](std::string_view key, const std::optional<Overlay::Value>& v) {
     LogEntry e;
     e.key = key;
@@ -102,11 +104,6 @@ Status SnapshotEngineImpl::AppendToLog(const Overlay& overlay, uint64_t gen, int
     w.Add(e);
     rec.entries.push_back(e);
   });
-  if (overlay.root_changed()) {
-    auto root = overlay.Root();
-    rec.root = root->meta;
-    rec.root_version = root->version;
-  }
   const std::string bytes = w.Finish();
   rec.size = bytes.size();
   Status s = log_writer_->WriteAt(log_end_, bytes);
